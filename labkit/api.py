@@ -1,0 +1,45 @@
+"""labkit's front door: run a configuration, list stored runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .config import RunConfig
+from .events import Listener
+from .progress import ProgressBar
+from .result import RunResult
+from .store import Store
+from .train import Trainer
+
+
+def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | None = None,
+        progress: bool = True, listeners: Iterable[Listener] = (), **overrides: Any) -> RunResult:
+    """Train one configuration and return its RunResult; the run is recorded in the store.
+
+    `run(batch_size=512)` and `run(RunConfig(batch_size=512))` are the same. A bad setting raises ValueError
+    before anything trains. A run that fails (out of memory, a NaN loss) returns with status "failed" and
+    its error; an interrupted one is recorded as "stopped" and the KeyboardInterrupt goes on.
+    `store=False` records nothing."""
+    if config is None:
+        config = RunConfig()
+    elif isinstance(config, dict):
+        config = RunConfig.from_dict(config)
+    config = config.replace(**overrides)
+    trainer = Trainer(config, listeners=_listeners(store, progress, listeners))
+    return trainer.run()
+
+
+def _listeners(store, progress: bool, extra: Iterable[Listener]) -> list[Listener]:
+    found: list[Listener] = []
+    if store is not False:
+        found.append((store if isinstance(store, Store) else Store(store)).recorder())
+    if progress:
+        found.append(ProgressBar())
+    return found + list(extra)
+
+
+def runs(store: Store | str | Path | None = None, status: str | None = None, last: int | None = None) -> pd.DataFrame:
+    """The stored runs as a DataFrame (one row each: status, summary figures, configuration)."""
+    return (store if isinstance(store, Store) else Store(store)).runs(status=status, last=last)

@@ -1,0 +1,103 @@
+"""The command line: `labkit run --amp bf16 --batch-size 256`, `labkit runs`. Flags are RunConfig's fields."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, Callable
+
+import pandas as pd
+
+from .config import RunConfig, field_help
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _parser_for(default: Any, annotation: str) -> Callable[[str], Any]:
+    """Parse a flag's text by the field's type; 'none' gives None where the field allows it."""
+    base = int if "int" in annotation else float if "float" in annotation else str
+    optional = "None" in annotation
+
+    def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if base is int else 'a number'}")
+    return parse
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+    group = parser.add_argument_group("run configuration (RunConfig fields)")
+    for name, (default, help_text, _) in field_help().items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, default=default, metavar=name.upper(),
+                           type=_parser_for(default, types[name]), help=f"{help_text} (default: {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labkit", description="Measure what training-efficiency knobs do.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="train one configuration and record it",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_config_flags(run_p)
+    run_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
+    run_p.add_argument("--no-store", action="store_true", help="do not record the run")
+    run_p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    runs_p = sub.add_parser("runs", help="list recorded runs")
+    runs_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
+    runs_p.add_argument("--last", type=int, default=20, help="show the last N runs (0: all)")
+    runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped"], default=None)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .api import run  # torch loads here, not for --help
+
+    config = RunConfig(**{name: getattr(args, name) for name in field_help()})
+    store = False if args.no_store else args.db
+    result = run(config, store=store, progress=not args.quiet)
+    print(result.summary())
+    return 0 if result.status == "completed" else EXIT_FAILED
+
+
+RUNS_COLUMNS = ["id", "status", "started", "model", "amp", "batch_size", "augment", "prune", "prune_method",
+                "optimizer", "epochs", "throughput", "accuracy", "time_s", "error"]
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .api import runs
+
+    table = runs(args.db, status=args.status, last=args.last or None)
+    if table.empty:
+        print("no runs recorded yet: try `labkit run`")
+        return 0
+    table = table[[c for c in RUNS_COLUMNS if c in table.columns]].copy()
+    table["started"] = table["started"].dt.strftime("%Y-%m-%d %H:%M")
+    table["throughput"] = table["throughput"].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
+    table["accuracy"] = table["accuracy"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    table["time_s"] = table["time_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+    table["error"] = table["error"].fillna("")
+    print(table.to_string(index=False))
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "runs": _cmd_runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as exc:  # a setting the user can fix: one line, no traceback
+        print(f"labkit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("labkit: interrupted; the run is recorded as stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

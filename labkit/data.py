@@ -1,0 +1,275 @@
+"""Datasets and the batch pipeline.
+
+Every dataset arrives as uint8 images (N, C, H, W) and int64 labels. Two ways feed the training loop:
+- `DeviceBatches`: the whole split lives on the training device as uint8 (CIFAR-10's 50,000 images are
+  150 MB) and a batch is one index operation, so no worker process and no per-image Python run in the loop;
+- `LoaderBatches`: a torch DataLoader, for data that does not fit (or to study data loading).
+Both yield uint8 batches on the device; `prepare` normalises and augments them there, a whole batch at once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset as TorchDataset, Subset, TensorDataset
+from torchvision.transforms import v2
+
+from . import augment, synthetic
+from .paths import data_dir
+
+EVAL_BATCH = 1024
+
+
+class MissingData(ValueError):
+    """The dataset's files are not where labkit looks, and could not be downloaded."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None) -> "Split":
+        """A fixed subset of n examples (the same for every run and seed), or the whole split for None."""
+        if n is None or n >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n]
+        return Split(self.images[keep], self.labels[keep])
+
+
+@dataclass
+class ImageData:
+    """A dataset ready for training: its two splits (tensors or torch Datasets of uint8 images) and stats."""
+
+    name: str
+    train: Split | TorchDataset
+    test: Split | TorchDataset
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    mean: torch.Tensor  # per channel, in 0..255
+    std: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    sample = images[:10_000].float()
+    return sample.mean(dim=(0, 2, 3)), sample.std(dim=(0, 2, 3)).clamp_min(1.0)
+
+
+def _from_splits(name, train: Split, test: Split, classes, train_size, test_size) -> ImageData:
+    train, test = train.subset(train_size), test.subset(test_size)
+    mean, std = _channel_stats(train.images)
+    return ImageData(name, train, test, list(classes), tuple(train.images.shape[1:]), mean, std)
+
+
+def _offline() -> bool:
+    return os.environ.get("LABKIT_OFFLINE", "") not in ("", "0")
+
+
+def load_synthetic(root: Path) -> tuple[Split, Split]:
+    """The generated dataset, cached in `root` after the first call (about 10 s to make, under 1 s to load)."""
+    cache = root / f"synthetic-v{synthetic.VERSION}.pt"
+    if cache.exists():
+        saved = torch.load(cache)
+    else:
+        (train_x, train_y), (test_x, test_y) = synthetic.train_and_test()
+        saved = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+        root.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(saved, partial)
+        os.replace(partial, cache)  # atomic: concurrent first runs never read a half-written cache
+    return Split(saved["train_x"], saved["train_y"]), Split(saved["test_x"], saved["test_y"])
+
+
+class _CIFAR10(torchvision.datasets.CIFAR10):
+    # torchvision checks the md5 of every batch file on each load; a download is checked by its archive's md5,
+    # and checking existence here lets re-packed and test files in the same format load.
+    def _check_integrity(self) -> bool:
+        base = Path(self.root) / self.base_folder
+        return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
+
+
+def _torchvision_split(cls, root: Path, train: bool, missing_hint: str):
+    try:
+        return cls(root=str(root), train=train, download=False)
+    except RuntimeError:
+        if _offline():
+            raise MissingData(missing_hint) from None
+    try:
+        return cls(root=str(root), train=train, download=True)
+    except Exception as exc:  # no network, proxy, disk full...: say what to do by hand
+        raise MissingData(f"{missing_hint} (the download failed: {exc})") from None
+
+
+def load_cifar10(root: Path) -> tuple[Split, Split, list[str]]:
+    hint = (f"cifar10 is not in {root / 'cifar-10-batches-py'}: put data_batch_1 ... data_batch_5, test_batch "
+            f"and batches.meta there (extract cifar-10-python.tar.gz from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html into " + str(root) + ")")
+    splits = []
+    for train in (True, False):
+        ds = _torchvision_split(_CIFAR10, root, train, hint)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.int64)))
+    return splits[0], splits[1], ds.classes
+
+
+def load_fashionmnist(root: Path) -> tuple[Split, Split, list[str]]:
+    raw = root / "FashionMNIST" / "raw"
+    hint = (f"fashionmnist is not in {raw}: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+            "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (gunzip the four files from "
+            "https://github.com/zalandoresearch/fashion-mnist)")
+    splits = []
+    for train in (True, False):
+        ds = _torchvision_split(torchvision.datasets.FashionMNIST, root, train, hint)
+        splits.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)))
+    return splits[0], splits[1], ds.classes
+
+
+def _image_folder(path: Path, image_size: int) -> torchvision.datasets.ImageFolder:
+    to_uint8 = v2.Compose([v2.ToImage(), v2.RGB(), v2.Resize(image_size), v2.CenterCrop(image_size)])
+    return torchvision.datasets.ImageFolder(str(path), transform=to_uint8)
+
+
+def load_image_folder(path: Path, image_size: int = 32) -> tuple[TorchDataset, TorchDataset, list[str]]:
+    """`path/train/<class>/*` and `path/test/<class>/*` (or `val/`); or `path/<class>/*`, split 90/10."""
+    test_dir = next((path / d for d in ("test", "val") if (path / d).is_dir()), None)
+    if (path / "train").is_dir() and test_dir is not None:
+        train, test = _image_folder(path / "train", image_size), _image_folder(test_dir, image_size)
+        if train.classes != test.classes:
+            raise MissingData(f"imagefolder:{path}: train/ has classes {train.classes} but {test_dir.name}/ has "
+                              f"{test.classes}; give both the same class folders.")
+        return train, test, train.classes
+    try:
+        full = _image_folder(path, image_size)
+    except FileNotFoundError as exc:
+        raise MissingData(f"imagefolder:{path}: {exc}. Put images in one sub-folder per class.") from None
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
+    n_test = max(1, len(full) // 10)
+    return Subset(full, order[n_test:]), Subset(full, order[:n_test]), full.classes
+
+
+def _stack(ds: TorchDataset, limit: int) -> torch.Tensor:
+    return torch.stack([ds[i][0] for i in range(min(limit, len(ds)))])
+
+
+def _fixed_subset(ds: TorchDataset, n: int | None) -> TorchDataset:
+    if n is None or n >= len(ds):
+        return ds
+    return Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist())
+
+
+def load(name: str, train_size: int | None = None, test_size: int | None = None,
+         root: str | Path | None = None) -> ImageData:
+    """Load a dataset by its `dataset` setting, cut to the requested sizes."""
+    root = Path(root) if root is not None else data_dir()
+    if name == "synthetic":
+        train, test = load_synthetic(root)
+        return _from_splits(name, train, test, synthetic.CLASSES, train_size, test_size)
+    if name == "cifar10":
+        return _from_splits(name, *load_cifar10(root), train_size, test_size)
+    if name == "fashionmnist":
+        return _from_splits(name, *load_fashionmnist(root), train_size, test_size)
+    if name.startswith("imagefolder:"):
+        train, test, classes = load_image_folder(Path(name.split(":", 1)[1]))
+        train, test = _fixed_subset(train, train_size), _fixed_subset(test, test_size)
+        sample = _stack(train, 2000)
+        mean, std = _channel_stats(sample)
+        return ImageData(name, train, test, list(classes), tuple(sample.shape[1:]), mean, std)
+    raise ValueError(f"dataset={name!r} is not allowed: use 'synthetic', 'cifar10', 'fashionmnist' "
+                     "or 'imagefolder:<path>'.")
+
+
+class DeviceBatches:
+    """A split held on the device as uint8; batches are index operations."""
+
+    def __init__(self, split: Split | TorchDataset, device: torch.device):
+        if not isinstance(split, Split):  # an image folder that fits: decode it once
+            split = Split(_stack(split, len(split)), torch.tensor([split[i][1] for i in range(len(split))]))
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def train_batches(self, batch_size: Callable[[], int], gen: torch.Generator) -> Iterator:
+        """One epoch in a random order; the batch size is read before each batch (it may change mid-epoch)."""
+        order = torch.randperm(len(self), device=self.images.device, generator=gen)
+        start, size = 0, batch_size()
+        while start + size <= len(self):  # the last partial batch is dropped
+            idx = order[start:start + size]
+            yield self.images[idx], self.labels[idx]
+            start, size = start + size, batch_size()
+
+    def eval_batches(self, limit: int | None = None) -> Iterator:
+        n = len(self) if limit is None else min(limit, len(self))
+        for start in range(0, n, EVAL_BATCH):
+            yield self.images[start:min(n, start + EVAL_BATCH)], self.labels[start:min(n, start + EVAL_BATCH)]
+
+
+class _ResizableBatches(torch.utils.data.Sampler):
+    """Shuffled index batches whose size is read before each batch, as DeviceBatches does."""
+
+    def __init__(self, n: int, batch_size: Callable[[], int], gen: torch.Generator):
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.gen).tolist()
+        start, size = 0, self.batch_size()
+        while start + size <= self.n:
+            yield order[start:start + size]
+            start, size = start + size, self.batch_size()
+
+
+class LoaderBatches:
+    """A split read through a torch DataLoader (images decoded by worker processes), moved to the device."""
+
+    def __init__(self, split: Split | TorchDataset, device: torch.device, num_workers: int = 0):
+        self.dataset = TensorDataset(split.images, split.labels) if isinstance(split, Split) else split
+        self.device, self.num_workers = device, num_workers
+        self.cpu_gen = torch.Generator()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _to_device(self, loader: DataLoader) -> Iterator:
+        for images, labels in loader:
+            yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
+
+    def train_batches(self, batch_size: Callable[[], int], gen: torch.Generator) -> Iterator:
+        self.cpu_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
+        sampler = _ResizableBatches(len(self), batch_size, self.cpu_gen)
+        return self._to_device(DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                          pin_memory=self.device.type == "cuda"))
+
+    def eval_batches(self, limit: int | None = None) -> Iterator:
+        ds = self.dataset if limit is None or limit >= len(self) else Subset(self.dataset, range(limit))
+        return self._to_device(DataLoader(ds, batch_size=EVAL_BATCH, num_workers=self.num_workers))
+
+
+def batches(split, loader: str, device: torch.device):
+    """The pipeline for a split: 'device' keeps it resident, 'dataloader' streams it; 'auto' keeps tensors
+    resident and streams image folders."""
+    if loader == "device" or (loader == "auto" and isinstance(split, Split)):
+        return DeviceBatches(split, device)
+    return LoaderBatches(split, device)
+
+
+def prepare(images: torch.Tensor, labels: torch.Tensor, data: ImageData, preset: str | None,
+            gen: torch.Generator | None):
+    """uint8 batch -> normalised float batch, augmented with `preset` (None: no augmentation, for evaluation)."""
+    mean = data.mean.to(images.device).view(1, -1, 1, 1)
+    std = data.std.to(images.device).view(1, -1, 1, 1)
+    x = (images.float() - mean) / std
+    if preset is None:
+        return x, labels
+    return augment.apply(preset, x, labels, gen, data.num_classes)

@@ -1,0 +1,72 @@
+"""Models for small images, and what they cost: parameters and FLOPs per image."""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+
+
+def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 3) -> nn.Sequential:
+    """A fast CNN in the spirit of cifar10-airbench: a full-resolution stem, then `depth` blocks that each
+    halve the resolution with a 2x2 max-pool and apply two 3x3 convolutions; channels start at `width` and
+    double per block (capped at 8x width). Pooling before the convolutions keeps it cheap enough for a CPU."""
+    layers = _conv_bn(in_channels, width)
+    c = width
+    for i in range(depth):
+        c_out = width * 2 ** min(i + 1, 3)
+        layers += [nn.MaxPool2d(2), *_conv_bn(c, c_out), *_conv_bn(c_out, c_out)]
+        c = c_out
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def resnet18(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-18 for 32x32 inputs: a 3x3 stride-1 stem and no max-pool (as is usual on CIFAR)."""
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def mobilenet_v3_small(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """torchvision's MobileNetV3-Small for 32x32 inputs: the stem keeps full resolution (stride 1)."""
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    stem = model.features[0][0]
+    model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False)
+    return model
+
+
+def build(name: str, num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 3) -> nn.Module:
+    if name == "cnn":
+        return small_cnn(num_classes, in_channels, width, depth)
+    if name == "resnet18":
+        return resnet18(num_classes, in_channels)
+    if name == "mobilenet_v3_small":
+        return mobilenet_v3_small(num_classes, in_channels)
+    raise ValueError(f"model={name!r} is not allowed: use 'cnn', 'resnet18' or 'mobilenet_v3_small'.")
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The last Linear layer: its output size is the number of classes, so pruning leaves it whole."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_image(model: nn.Module, image_shape: tuple[int, int, int], device: torch.device) -> int:
+    """Forward FLOPs for one image, counted by torch.utils.flop_counter (a training step costs about 3x)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *image_shape, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

@@ -1,0 +1,96 @@
+"""What a run returns: its status, summary figures and histories."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .config import RunConfig
+
+SUMMARY_FIELDS = ("status", "throughput", "accuracy", "train_accuracy", "time_s", "peak_memory_bytes",
+                  "flops_per_image", "dense_flops_per_image", "params", "dense_params", "sparsity", "mfu",
+                  "steps", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s", "device", "error")
+
+
+@dataclass
+class RunResult:
+    """A finished run. `throughput` is images/s over the timed steps only (after each segment's warm-up,
+    evaluation excluded); `accuracy` is the final test accuracy (0..1); `sparsity` is the fraction of the
+    dense model's conv/linear weights that are zero or removed; FLOPs are forward FLOPs per image."""
+
+    status: str  # "completed" | "stopped" | "failed"
+    config: RunConfig
+    throughput: float | None = None
+    accuracy: float | None = None
+    train_accuracy: float | None = None
+    time_s: float = 0.0
+    peak_memory_bytes: int | None = None
+    flops_per_image: int | None = None
+    dense_flops_per_image: int | None = None
+    params: int | None = None
+    dense_params: int | None = None
+    sparsity: float = 0.0
+    mfu: float | None = None  # model FLOP utilisation (3x forward FLOPs x throughput / the GPU's peak)
+    steps: int = 0
+    loss_scale: float | None = None
+    skipped_steps: int = 0
+    data_time_s: float = 0.0
+    compute_time_s: float = 0.0
+    device: str = ""
+    error: str | None = None
+    run_id: int | None = None
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per logged point
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per epoch
+    segments: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per knob setting
+
+    def to_dict(self) -> dict[str, Any]:
+        """Summary figures and the configuration as plain values (no histories)."""
+        out = {name: getattr(self, name) for name in SUMMARY_FIELDS}
+        out["run_id"] = self.run_id
+        out["config"] = self.config.to_dict()
+        return out
+
+    def summary(self) -> str:
+        """A short table for terminals and notebooks."""
+        rows = [("status", self.status)]
+        if self.error:
+            rows.append(("error", self.error))
+        rows += [
+            ("device", self.device),
+            ("throughput", _fmt(self.throughput, "{:,.0f} img/s")),
+            ("test accuracy", _fmt(self.accuracy, "{:.2%}")),
+            ("train accuracy", _fmt(self.train_accuracy, "{:.2%}")),
+            ("time", f"{self.time_s:.1f} s ({self.steps} steps)"),
+            ("data / compute", f"{self.data_time_s:.2f} s / {self.compute_time_s:.2f} s (timed steps)"),
+            ("peak memory", _fmt(self.peak_memory_bytes and self.peak_memory_bytes / 2**20, "{:,.0f} MiB")),
+            ("params", _pair(self.dense_params, self.params, "{:,}")),
+            ("FLOPs/image", _pair(self.dense_flops_per_image, self.flops_per_image, "{:,.3g}")),
+            ("sparsity", f"{self.sparsity:.1%}"),
+        ]
+        if self.mfu is not None:
+            rows.append(("MFU", f"{self.mfu:.1%}"))
+        if self.loss_scale is not None:
+            rows.append(("fp16 loss scale", f"{self.loss_scale:g} ({self.skipped_steps} skipped steps)"))
+        if self.run_id is not None:
+            rows.append(("run id", str(self.run_id)))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def __repr__(self) -> str:
+        acc = _fmt(self.accuracy, "{:.3f}")
+        thr = _fmt(self.throughput, "{:.0f}")
+        return f"RunResult(status={self.status!r}, throughput={thr}, accuracy={acc}, error={self.error!r})"
+
+
+def _fmt(value, pattern: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return pattern.format(value)
+
+
+def _pair(before, after, pattern: str) -> str:
+    if before is None or after is None or before == after:
+        return _fmt(after, pattern)
+    return f"{_fmt(after, pattern)} (dense {_fmt(before, pattern)}, {after / before:.0%})"
