@@ -1,0 +1,212 @@
+"""A live run: the same training loop in a background thread, with knobs you can change while it trains.
+
+    live = labkit.LiveRun(labkit.RunConfig(epochs=5)).start()
+    live.set(amp="bf16")          # validated now; applied at the next step boundary
+    live.set(prune=0.5)
+    result = live.wait()
+
+What each knob means mid-run (each change starts a new measured segment, see `LiveRun.segments`):
+- `amp`: autocast switches dtype at the next step; a GradScaler is created for fp16 and dropped otherwise.
+- `batch_size`: the next batch has the new size (the epoch goes on from where it was).
+- `augment`: the next batch uses the new preset.
+- `lr`: the new peak learning rate holds from the next step (the schedule still scales it).
+- `optimizer`: a new optimizer over the same parameters; its state (momentum, Adam moments) starts fresh.
+- `prune` (+ `prune_method`): applied at once. Unstructured pruning adds masks; channel pruning removes
+  channels by model surgery and rebuilds the optimizer (fresh state). Pruning only adds during a run, and the
+  method cannot change once the run is pruned.
+
+One run trains at a time per device in a kernel: starting a second one while the first trains raises
+RuntimeError saying which run holds the device (stop it, or wait for it).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable
+
+import pandas as pd
+
+from . import devices
+from .config import RunConfig
+from .events import Listener, RunEnded, RunStarted
+from .result import RunResult
+from .store import Store
+from .train import Controls, Trainer
+
+# The live run training on each device of this kernel (one at a time per device).
+_active: dict[str, "LiveRun"] = {}
+_active_lock = threading.Lock()
+
+
+class _CheckedControls(Controls):
+    """Controls whose changes are checked again at the step boundary, right before the loop applies them.
+
+    `LiveRun.set` checks each change when it is made, but an earlier change may be applied in between (e.g.
+    prune=0.5 applied, then a pending prune=0.3 would lower it). Such a change is dropped and kept in
+    `rejected` instead of failing the run. Values equal to those in force are dropped: no empty segments."""
+
+    def __init__(self, trainer_of):
+        super().__init__()
+        self._trainer_of = trainer_of
+        self.rejected: list[str] = []
+
+    def take(self) -> dict[str, Any]:
+        changes = super().take()
+        if not changes:
+            return changes
+        trainer = self._trainer_of()
+        changes = {k: v for k, v in changes.items() if getattr(trainer.knobs, k) != v}
+        try:
+            trainer.check_change(changes)
+        except ValueError as exc:
+            self.rejected.append(str(exc))
+            return {}
+        return changes
+
+
+class LiveRun:
+    """A run training in a background thread whose knobs can change while it trains (see the module doc)."""
+
+    def __init__(self, config: RunConfig | dict | None = None, *, store: Store | str | None | bool = None,
+                 listeners: Iterable[Listener] = (), **overrides: Any):
+        if config is None:
+            config = RunConfig()
+        elif isinstance(config, dict):
+            config = RunConfig.from_dict(config)
+        self.config = config.replace(**overrides).validate()
+        self.controls = _CheckedControls(lambda: self.trainer)
+        recorder = [] if store is False else [(store if isinstance(store, Store) else Store(store)).recorder()]
+        self._recorder = recorder[0] if recorder else None
+        # The trainer is built here, in the caller's thread: a bad configuration raises before any thread starts.
+        self._listeners = [self._watch, *recorder, *listeners]
+        self.trainer = Trainer(self.config, listeners=self._listeners, controls=self.controls)
+        self.device_key = str(self.trainer.device)
+        self.error: BaseException | None = None  # an unexpected exception from the training thread
+        self._result: RunResult | None = None
+        self._started = self._ended = False
+        self._thread: threading.Thread | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------------------------
+    def start(self) -> "LiveRun":
+        """Start training in a background thread; returns at once. Refused while another run holds the device."""
+        with _active_lock:
+            if self._thread is not None:
+                raise RuntimeError("this LiveRun was already started; make a new LiveRun for another run.")
+            other = _active.get(self.device_key)
+            if other is not None and other.running:
+                raise RuntimeError(f"a run is already training on {self.device_key} (step {other.step}): "
+                                   "stop it with .stop() or wait for it with .wait() before starting another.")
+            _active[self.device_key] = self
+            self._thread = threading.Thread(target=self._train, name=f"labkit-live-{self.device_key}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _train(self) -> None:
+        # Everything is caught here: the kernel must outlive any failure of the run.
+        try:
+            self._result = self.trainer.run()
+        except BaseException as exc:  # noqa: BLE001 - kept in .error and shown by the lab
+            self.error = exc
+            if not self._ended:  # failed before the loop could report it (e.g. while loading the data)
+                self._report_early_failure(exc)
+        finally:
+            with _active_lock:
+                if _active.get(self.device_key) is self:
+                    del _active[self.device_key]
+
+    def _report_early_failure(self, exc: BaseException) -> None:
+        result = RunResult(status="failed", config=self.config, error=f"{type(exc).__name__}: {exc}",
+                           device=self.device_key)
+        events = [] if self._started else [RunStarted(self.config.to_dict(), devices.describe(self.trainer.device), 0)]
+        for event in events + [RunEnded(result)]:
+            for listener in self._listeners:
+                try:
+                    listener(event)
+                except Exception:  # noqa: BLE001 - a listener failing here must not hide the original error
+                    pass
+        self._result = self._result or result
+
+    def _watch(self, event) -> None:
+        if event.kind == "run_started":
+            self._started = True
+        elif event.kind == "run_ended":
+            self._ended = True
+            self._result = event.result
+
+    def set(self, **knobs: Any) -> None:
+        """Change live knobs; they take effect at the next step boundary and start a new segment.
+
+        Checked now: a bad value raises ValueError here and the run goes on unchanged."""
+        if self._thread is not None and not self.running:
+            raise RuntimeError(f"this run has ended ({self.status}): start a new LiveRun to train again.")
+        self.trainer.check_change(knobs)
+        self.controls.request(**knobs)
+
+    def pause(self) -> None:
+        """Hold the loop at the next step boundary (the paused time is not counted in throughput)."""
+        self.controls.pause()
+
+    def resume(self) -> None:
+        self.controls.resume()
+
+    def stop(self) -> None:
+        """Stop at the next step boundary; the run ends with status "stopped"."""
+        self.controls.stop()
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Wait for the run to end (at most `timeout` seconds); returns the result, or None if still training."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.result
+
+    # ---- what it is doing ----------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def result(self) -> RunResult | None:
+        """The RunResult once the run has ended (completed, stopped or failed), else None."""
+        return None if self.running else self._result
+
+    @property
+    def status(self) -> str:
+        if self._thread is None:
+            return "ready"
+        if self.running:
+            return "paused" if self.controls.paused else "running"
+        return self._result.status if self._result else "failed"
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @property
+    def knobs(self) -> RunConfig:
+        """The knobs in force now (pending changes are not in force until the next step boundary)."""
+        return self.trainer.knobs
+
+    @property
+    def rejected(self) -> list[str]:
+        """Changes accepted by `set` but dropped at the step boundary because an earlier change made them invalid."""
+        return self.controls.rejected
+
+    @property
+    def run_id(self) -> int | None:
+        return self._recorder.run_id if self._recorder else None
+
+    @property
+    def segments(self) -> pd.DataFrame:
+        """One row per segment: the knob values, first and last step, start and end time, throughput."""
+        return pd.DataFrame([dict(row) for row in list(getattr(self.trainer, "segment_rows", []))])
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """The logged points so far (step, time, loss, throughput ...)."""
+        return pd.DataFrame(list(getattr(self.trainer, "history_rows", [])))
+
+    @property
+    def epochs(self) -> pd.DataFrame:
+        return pd.DataFrame(list(getattr(self.trainer, "epochs_rows", [])))
+
+    def __repr__(self) -> str:
+        return f"LiveRun(status={self.status!r}, step={self.step}, device={self.device_key!r})"
