@@ -1,0 +1,147 @@
+"""The lab panel, driven from Python as a user would drive it: set widget values, click buttons."""
+import time
+
+import numpy as np
+import pytest
+
+import labkit
+from labkit import Lab, RunConfig, Store
+from labkit.config import AUGMENT_PRESETS, OPTIMIZERS, PRUNE_METHODS
+
+SMALL = dict(train_size=1000, test_size=200, width=8, depth=2, batch_size=32, log_every=2, timing_warmup=2,
+             epochs=100, max_steps=400, device="cpu")
+
+
+def wait_until(condition, timeout=60.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    panel = Lab(RunConfig(**SMALL), store=Store(tmp_path / "runs.db"))
+    yield panel
+    panel.stop()
+    panel.wait(60)
+
+
+def test_the_panel_offers_every_knob_with_its_allowed_values(lab):
+    assert list(lab.amp_buttons) == ["off", "bf16", "fp16"]
+    assert all(not b.disabled for b in lab.amp_buttons.values())  # the CPU runs all three
+    assert lab.amp_buttons["off"].button_style == "primary"
+    sizes = list(lab.batch_size.options)
+    assert sizes == [8, 16, 32, 64, 128, 256, 512] and lab.batch_size.value == 32  # powers of two <= train_size
+    assert lab.augment.options == AUGMENT_PRESETS and lab.optimizer.options == OPTIMIZERS
+    assert lab.prune_method.options == PRUNE_METHODS and (lab.prune.min, lab.prune.max) == (0.0, 0.95)
+    assert lab.lr.value == pytest.approx(labkit.optim.default_lr("nesterov")) and lab.epochs.value == 100
+    assert "ready" in lab.status.value and lab.widget.children[-1] is lab.dashboard.widget
+
+
+def test_an_amp_mode_the_device_cannot_run_is_disabled_with_its_reason(tmp_path, monkeypatch):
+    # Stand in for a GPU without bf16 (this machine's CPU runs every mode).
+    monkeypatch.setattr(labkit.lab.devices, "amp_support",
+                        lambda device: {"off": None, "bf16": "no native bf16 here", "fp16": None})
+    panel = Lab(RunConfig(**SMALL), store=Store(tmp_path / "runs.db"))
+    button = panel.amp_buttons["bf16"]
+    assert button.disabled and button.tooltip == "no native bf16 here"
+    assert "bf16: no native bf16 here" in panel.amp_note.value
+
+
+def test_with_no_run_the_controls_set_up_the_next_run(lab):
+    lab.amp_buttons["bf16"].click()
+    lab.batch_size.value = 64
+    lab.augment.value = "none"
+    lab.optimizer.value = "adam"
+    lab.prune.value = 0.3
+    lab.prune_method.value = "channels"
+    lab.epochs.value = 1
+    c = lab.config
+    assert (c.amp, c.batch_size, c.augment, c.optimizer, c.prune, c.prune_method, c.epochs) == \
+        ("bf16", 64, "none", "adam", 0.3, "channels", 1)
+    assert c.lr is None and lab.lr.value == pytest.approx(labkit.optim.default_lr("adam"))  # follows the optimizer
+    lab.lr.value = 0.003
+    assert lab.config.lr == 0.003
+    lab.optimizer.value = "sgd"
+    assert lab.config.lr == 0.003  # a learning rate the user typed stays
+
+
+def test_live_changes_reach_the_running_run_the_charts_and_the_store(lab):
+    lab.run_button.click()
+    run = lab.run
+    wait_until(lambda: run.step >= 6, what="first steps")
+    first_status = lab.status.value
+    lab.amp_buttons["bf16"].click()
+    wait_until(lambda: len(run.segments) >= 2 and run.segments["throughput"].notna().iloc[1], what="amp segment")
+    lab.batch_size.value = 64
+    wait_until(lambda: len(run.segments) >= 3, what="batch-size segment")
+    wait_until(lambda: run.segments["throughput"].notna().all(), what="a timed interval")
+    time.sleep(0.3)  # the charts redraw at most every 0.25 s
+    run.controls.pause()  # hold still while reading the charts
+    time.sleep(0.3)
+    lab.dashboard._redraw(force=True)
+    marks = lab.dashboard.throughput_fig.data[1]
+    assert list(marks.text) == ["amp: off -> bf16", "batch_size: 32 -> 64"]
+    bars = lab.dashboard.segments_fig.data[0]
+    assert list(bars.x) == ["#0 start", "#1 amp: off -> bf16", "#2 batch_size: 32 -> 64"]
+    assert np.asarray(bars.y, dtype=float) == pytest.approx(run.segments["throughput"].to_numpy(float))
+    line = lab.dashboard.throughput_fig.data[0]
+    assert isinstance(line.y, np.ndarray) and line.y.dtype == np.float64 and len(line.y) == len(run.history)
+    run.controls.resume()
+    wait_until(lambda: "amp bf16" in lab.status.value, what="status update")
+    assert lab.status.value != first_status and "segment #2 batch_size: 32 -&gt; 64" in lab.status.value
+    lab.stop_button.click()
+    result = lab.wait(60)
+    assert result.status == "stopped"
+    wait_until(lambda: "stopped" in lab.status.value, what="final status")
+    stored = lab.store.runs().iloc[-1]
+    assert stored["status"] == "stopped" and stored["id"] == run.run_id
+    labels = lab.store.events(run.run_id)["label"].dropna().tolist()
+    assert labels == ["start", "amp: off -> bf16", "batch_size: 32 -> 64"]
+
+
+def test_a_refused_live_change_is_shown_and_the_control_reverts(lab):
+    lab.prune.value = 0.0
+    lab.run_button.click()
+    wait_until(lambda: lab.run.step >= 3, what="first steps")
+    lab.prune.value = 0.5
+    wait_until(lambda: lab.run.knobs.prune == 0.5, what="pruning applied")
+    lab.prune.value = 0.2
+    assert "pruning only adds" in lab.last_error and "pruning only adds" in lab.errors.value
+    assert lab.prune.value == 0.5 and lab.run.knobs.prune == 0.5
+    lab.augment.value = "flip"  # an accepted change clears the message
+    assert lab.last_error is None
+
+
+def test_with_live_off_the_running_run_is_left_alone(lab):
+    lab.run_button.click()
+    wait_until(lambda: lab.run.step >= 3, what="first steps")
+    lab.live.value = False
+    lab.batch_size.value = 128
+    time.sleep(1.0)
+    assert lab.run.knobs.batch_size == 32 and len(lab.run.segments) == 1
+    assert lab.config.batch_size == 128
+
+
+def test_a_second_run_while_one_trains_is_refused_in_the_panel(lab):
+    lab.run_button.click()
+    first = lab.run
+    lab.run_button.click()
+    assert lab.run is first and "already training on cpu" in lab.last_error
+
+
+def test_a_crash_in_the_training_thread_reaches_the_panel_and_the_store(tmp_path):
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    panel = Lab(RunConfig(**{**SMALL, "dataset": f"imagefolder:{empty}"}), store=Store(tmp_path / "runs.db"))
+    panel.run_button.click()
+    result = panel.wait(60)
+    assert result.status == "failed"
+    wait_until(lambda: panel.last_error is not None, what="the error in the panel")
+    assert panel.last_error.startswith("run failed: ") and result.error in panel.last_error
+    assert "failed" in panel.status.value
+    stored = panel.store.runs().iloc[-1]
+    assert stored["status"] == "failed" and stored["error"] == result.error
+
