@@ -17,6 +17,11 @@ CLASSES = ("blot", "comet", "crescent", "dumbbell", "fork", "hook", "kite", "rin
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
 IMAGE, OBJECT, VARIANTS = 32, 16, 6
 _WORLD_SEED = 20261122  # fixes the classes; train and test images are then drawn with their own seeds
+# Difficulty, tuned so that the default CNN reaches about 85% in 2 epochs and augmentation clearly helps.
+CLASS_COLOUR = 0.5  # share of an object's colour that is its class's own (the rest is its texture)
+TINT = 0.3  # share of a random per-image tint
+DISTRACTOR = (0.2, 0.3)  # opacity of the faint other-class object: low + high * U(0, 1)
+NOISE = 0.1  # pixel noise (std, on a 0..1 scale)
 
 
 def _smooth_noise(n: int, channels: int, low: int, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -32,8 +37,9 @@ def _class_objects(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     variant_shape = _smooth_noise(k * VARIANTS, 1, 5, OBJECT, gen).view(k, VARIANTS, 1, OBJECT, OBJECT)
     shape = 0.7 * base_shape[:, None] + 0.3 * variant_shape
     alpha = ((shape - 0.5) * 12).sigmoid()  # soft-edged mask of the blob
+    class_colour = torch.rand(k, 1, 3, 1, 1, generator=gen)
     texture = _smooth_noise(k * VARIANTS, 3, 4, OBJECT, gen).view(k, VARIANTS, 3, OBJECT, OBJECT)
-    return texture.clamp(0, 1), alpha
+    return (CLASS_COLOUR * class_colour + (1 - CLASS_COLOUR) * texture).clamp(0, 1), alpha
 
 
 def _paste(canvas, colour, alpha, gen, strength):
@@ -41,7 +47,7 @@ def _paste(canvas, colour, alpha, gen, strength):
     in a random tint: colour alone does not give the class away."""
     n = canvas.shape[0]
     tint = torch.rand(n, 3, 1, 1, generator=gen)
-    colour = 0.5 * colour + 0.5 * tint
+    colour = (1 - TINT) * colour + TINT * tint
     mirror = (torch.rand(n, generator=gen) < 0.5).view(n, 1, 1, 1)
     colour = torch.where(mirror, colour.flip(3), colour)
     alpha = torch.where(mirror, alpha.flip(3), alpha) * strength.view(n, 1, 1, 1)
@@ -71,10 +77,10 @@ def generate(n: int, seed: int, chunk: int = 5000) -> tuple[torch.Tensor, torch.
         other = (y + torch.randint(1, k, (m,), generator=gen)) % k
         other_variant = torch.randint(0, VARIANTS, (m,), generator=gen)
         canvas = _paste(canvas, colour[other, other_variant], alpha[other, other_variant], gen,
-                        0.3 + 0.3 * torch.rand(m, generator=gen))
+                        DISTRACTOR[0] + DISTRACTOR[1] * torch.rand(m, generator=gen))
         canvas = _paste(canvas, colour[y, variant], alpha[y, variant], gen, 0.7 + 0.3 * torch.rand(m, generator=gen))
         brightness = 0.7 + 0.6 * torch.rand(m, 1, 1, 1, generator=gen)
-        canvas = canvas * brightness + 0.12 * torch.randn(canvas.shape, generator=gen)
+        canvas = canvas * brightness + NOISE * torch.randn(canvas.shape, generator=gen)
         images.append((canvas.clamp(0, 1) * 255).round().to(torch.uint8))
         labels.append(y)
     return torch.cat(images), torch.cat(labels)

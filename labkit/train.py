@@ -257,7 +257,8 @@ class Trainer:
             return
         losses = torch.stack(self.losses).float().tolist()  # one sync for the whole interval
         devices.synchronize(self.device)
-        seconds = time.perf_counter() - self.interval_start
+        now = time.perf_counter()
+        seconds = now - self.interval_start
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
             raise NonFiniteLoss(self._non_finite_message(self.step - len(losses) + bad[0] + 1, losses[bad[0]]))
@@ -279,8 +280,10 @@ class Trainer:
                      data_s=data_s, compute_s=compute_s, loss_scale=precision.scale_of(self.scaler),
                      skipped_steps=self.step - self.optimizer_steps)
         self.history_rows.append({k: v for k, v in vars(row).items() if k != "kind"})
+        # The next interval starts now, so the time listeners take below counts against training throughput.
+        self.interval_start, self.interval_start_step = now, self.segment_steps
+        self.interval_images, self.marks, self.losses = 0, [], []
         self._emit(row)
-        self._restart_interval()
 
     def _evaluate(self, epoch_time_s: float) -> None:
         test_acc, _ = self._accuracy(self.test_batches.eval_batches())

@@ -1,0 +1,47 @@
+"""The set-up stays true: pins agree across files, CI runs the README's command, the README lists every knob."""
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from labkit.config import field_names
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pins(lines):
+    return {Requirement(line).name.lower().replace("_", "-"): line.split("==")[1]
+            for line in lines if "==" in line and not line.startswith("#")}
+
+
+def test_environment_yml_pins_every_dependency_as_the_lock_does():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(d) for d in project["dependencies"] + project["optional-dependencies"]["test"]]
+    lock = _pins((ROOT / "requirements.lock").read_text().splitlines())
+    env = _pins([line.strip().lstrip("- ").strip() for line in (ROOT / "environment.yml").read_text().splitlines()])
+    for req in wanted:
+        name = req.name.lower()
+        assert name in lock, f"{name} is not pinned in requirements.lock (run `make lock`)"
+        assert req.specifier.contains(lock[name]), f"requirements.lock pins {name}=={lock[name]}, outside {req}"
+        assert env.get(name) == lock[name], f"environment.yml pins {name}=={env.get(name)}, lock has {lock[name]}"
+
+
+def test_ipykernel_is_recent_enough_for_output_from_threads():
+    lock = _pins((ROOT / "requirements.lock").read_text().splitlines())
+    major, minor = (int(x) for x in lock["ipykernel"].split(".")[:2])
+    assert (major, minor) >= (7, 1)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1).splitlines()
+    assert block[0].startswith("make lab") and block[1].startswith("make test")
+    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set", "cd"))]
+    assert ci == ["make test"]
+
+
+def test_readme_table_lists_every_knob():
+    readme = (ROOT / "README.md").read_text()
+    for name in field_names():
+        assert f"`{name}`" in readme, f"README's knob table misses {name}"

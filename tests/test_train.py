@@ -1,0 +1,178 @@
+"""The training loop through labkit.run: each knob's effect, measurement, segments, faults and controls."""
+import math
+
+import pytest
+import torch
+
+import labkit
+from labkit import Controls, RunConfig, Trainer
+from labkit.config import AMP_MODES, AUGMENT_PRESETS, OPTIMIZERS
+
+TINY = dict(train_size=512, test_size=256, epochs=1, batch_size=64, store=False, progress=False)
+
+
+class Collect:
+    """A listener that keeps every event."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        self.events.append(event)
+
+    def of(self, kind):
+        return [e for e in self.events if e.kind == kind]
+
+
+@pytest.mark.parametrize("knobs", [{"amp": a} for a in AMP_MODES] + [{"augment": a} for a in AUGMENT_PRESETS]
+                         + [{"optimizer": o} for o in OPTIMIZERS] + [{"batch_size": b} for b in (16, 128)]
+                         + [{"prune": 0.5, "prune_method": m} for m in ("unstructured", "channels")],
+                         ids=lambda k: "-".join(f"{v}" for v in k.values()))
+def test_each_knob_value_completes_and_learns(knobs):
+    result = labkit.run(**{**TINY, "epochs": 2, **knobs})
+    assert result.status == "completed", result.error
+    first, last = result.history["loss"].iloc[0], result.history["loss"].iloc[-1]
+    assert math.isfinite(last) and last < first  # it trains
+    assert 0.0 <= result.accuracy <= 1.0 and result.throughput > 0
+
+
+def test_batch_size_sets_the_batch_shape_and_steps():
+    seen = []
+    config = RunConfig(**{k: v for k, v in TINY.items() if k in RunConfig.__dataclass_fields__}, batch_size=100)
+    trainer = Trainer(config)
+    trainer.run_step = None
+    original = trainer._train_step
+
+    def spy(batch, start):
+        seen.append(tuple(batch[0].shape))
+        original(batch, start)
+    trainer._train_step = spy
+    result = trainer.run()
+    assert set(seen) == {(100, 3, 32, 32)} and result.steps == 512 // 100  # the partial batch is dropped
+
+
+def test_amp_sets_the_dtype_inside_the_forward_pass():
+    dtypes = {}
+    for amp in AMP_MODES:
+        trainer = Trainer(RunConfig(amp=amp, train_size=256, test_size=128, batch_size=64, max_steps=2))
+        original = trainer._setup
+
+        def setup(trainer=trainer, original=original, amp=amp):
+            original()
+            trainer.model[0].register_forward_hook(lambda m, i, out: dtypes.setdefault(amp, out.dtype))
+        trainer._setup = setup
+        trainer.run()
+    assert dtypes == {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def test_fp16_reports_scale_and_skipped_steps_and_bf16_does_not():
+    fp16 = labkit.run(**TINY, amp="fp16")
+    bf16 = labkit.run(**TINY, amp="bf16")
+    assert fp16.loss_scale is not None and fp16.loss_scale > 0 and fp16.skipped_steps >= 0
+    assert bf16.loss_scale is None and bf16.skipped_steps == 0
+    assert fp16.history["loss_scale"].notna().all()
+
+
+def test_unstructured_pruning_reaches_sparsity_keeps_flops():
+    result = labkit.run(**TINY, prune=0.6, prune_method="unstructured")
+    assert result.sparsity == pytest.approx(0.6, abs=0.01)
+    assert result.flops_per_image == result.dense_flops_per_image
+    assert result.params < 0.5 * result.dense_params
+    assert list(result.segments["prune"]) == [0.0, 0.6]  # trained dense, then pruned at prune_at=0.5
+
+
+def test_channel_pruning_removes_flops_and_rebuilds_the_optimizer():
+    collect = Collect()
+    result = labkit.run(**TINY, prune=0.5, prune_method="channels", prune_at=0.0, listeners=[collect])
+    assert result.flops_per_image < 0.35 * result.dense_flops_per_image
+    assert result.sparsity > 0.6  # half the channels in and out: about three quarters of the weights
+    assert len(result.segments) == 1  # pruned before training (prune_at=0): one segment
+
+
+def test_optimizer_knob_selects_the_class():
+    from pytorch_optimizer import Lion
+    trainer = Trainer(RunConfig(optimizer="lion", train_size=256, test_size=128, batch_size=64, max_steps=1))
+    trainer.run()
+    assert type(trainer.optimizer) is Lion
+
+
+def test_timed_steps_exclude_warmup_and_evaluation():
+    result = labkit.run(**TINY, timing_warmup=2, log_every=2)
+    seg = result.segments.iloc[0]
+    assert seg["timed_images"] == (result.steps - 2) * 64
+    assert seg["data_s"] + seg["compute_s"] <= seg["timed_s"] * 1.05
+    assert result.throughput == pytest.approx(seg["timed_images"] / seg["timed_s"])
+    assert result.time_s > seg["timed_s"]  # evaluation and warm-up are outside the timed windows
+    assert result.history["throughput"].iloc[0] is None or math.isnan(result.history["throughput"].iloc[0])
+
+
+def test_epochs_max_steps_and_histories():
+    result = labkit.run(**{**TINY, "epochs": 3})
+    assert list(result.epochs["epoch"]) == [1, 2, 3] and result.steps == 3 * (512 // 64)
+    short = labkit.run(**{**TINY, "epochs": 3}, max_steps=5)
+    assert short.steps == 5 and len(short.epochs) == 1 and short.accuracy is not None
+
+
+def test_same_seed_same_run():
+    a = labkit.run(**TINY, seed=3)
+    b = labkit.run(**TINY, seed=3)
+    c = labkit.run(**TINY, seed=4)
+    assert list(a.history["loss"]) == list(b.history["loss"]) and a.accuracy == b.accuracy
+    assert list(a.history["loss"]) != list(c.history["loss"])
+
+
+def test_controls_change_knobs_mid_run_as_new_segments():
+    controls = Controls()
+    collect = Collect()
+
+    def change_on_first_log(event):
+        if event.kind == "logged" and event.step == 5:
+            controls.request(amp="bf16", batch_size=32, lr=0.01)
+    trainer = Trainer(RunConfig(train_size=512, test_size=128, batch_size=64, epochs=2),
+                      listeners=[collect, change_on_first_log], controls=controls)
+    result = trainer.run()
+    segments = collect.of("segment_started")
+    assert [s.label for s in segments] == ["start", "amp: off -> bf16, batch_size: 64 -> 32, lr: None -> 0.01"]
+    assert list(result.segments["batch_size"]) == [64, 32]
+    assert {e.batch_size for e in collect.of("logged") if e.segment == 1} == {32}
+    assert result.status == "completed"
+
+
+def test_controls_refuse_bad_changes_before_they_reach_the_loop():
+    trainer = Trainer(RunConfig(train_size=256, test_size=128, batch_size=64, max_steps=1))
+    with pytest.raises(ValueError, match="amp='fp8'"):
+        trainer.check_change({"amp": "fp8"})
+    with pytest.raises(ValueError, match="cannot change during a run"):
+        trainer.check_change({"model": "resnet18"})
+
+
+def test_stop_ends_the_run_within_a_step():
+    controls = Controls()
+    collect = Collect()
+    trainer = Trainer(RunConfig(train_size=512, test_size=128, batch_size=16, epochs=5),
+                      listeners=[collect, lambda e: e.kind == "logged" and e.step >= 7 and controls.stop()],
+                      controls=controls)
+    result = trainer.run()
+    assert result.status == "stopped" and result.steps <= 10
+
+
+def test_non_finite_loss_fails_with_the_step_and_a_hint():
+    result = labkit.run(**TINY, optimizer="sgd", lr=10.0, schedule="constant", weight_decay=0.0, momentum=0.99)
+    assert result.status == "failed"
+    assert "loss became" in result.error and "at step" in result.error and "lower lr" in result.error
+    assert labkit.run(**TINY).status == "completed"  # the process is fine for the next run
+
+
+@pytest.mark.slow
+def test_default_model_learns_the_synthetic_task_in_two_epochs():
+    result = labkit.run(store=False, progress=False, amp="bf16")  # defaults: full 50k split, 2 epochs
+    assert 0.60 <= result.accuracy <= 0.97
+
+
+@pytest.mark.slow
+def test_flip_crop_beats_no_augmentation_on_a_small_training_set():
+    runs = {aug: labkit.run(store=False, progress=False, augment=aug, train_size=4000, test_size=2000, epochs=8,
+                            amp="bf16") for aug in ("none", "flip-crop")}
+    assert runs["flip-crop"].accuracy >= runs["none"].accuracy + 0.03
+    gap = {k: r.train_accuracy - r.accuracy for k, r in runs.items()}
+    assert gap["none"] > gap["flip-crop"]  # augmentation narrows the generalisation gap
