@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
     runs_p.add_argument("--last", type=int, default=20, help="show the last N runs (0: all)")
     runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped"], default=None)
+
+    from . import notebooks  # the lessons' headless runner (papermill); its flags live there
+    notebooks.add_arguments(sub.add_parser("notebooks", help="re-run the lesson notebooks and check their figures"))
     return parser
 
 
@@ -84,7 +87,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "runs": _cmd_runs}
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    from . import notebooks
+
+    return notebooks.command(args)
+
+
+COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "notebooks": _cmd_notebooks}
 
 
 def main(argv: list[str] | None = None) -> int:

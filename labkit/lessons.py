@@ -1,0 +1,267 @@
+"""Helpers for the lesson notebooks: record figures, run small sweeps, say what hardware measured them.
+
+    labkit.record("bf16_speedup", 1.8)          # merged into the JSON file at `metrics_path`
+    table, runs = sweep("amp", ["off", "bf16"], train_size=2000, epochs=1)
+    print(hardware())
+
+`record` writes to, in this order: its `path` argument, the `metrics_path` variable of the notebook (the
+lessons set it in their `parameters` cell; papermill and `labkit notebooks` point it into the build folder),
+the `LABKIT_METRICS` environment variable. With none of them set it only keeps the figure in `recorded()`.
+Non-finite numbers are written as null, so a NaN can never pass a baseline band.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+METRICS_ENV = "LABKIT_METRICS"
+_recorded: dict[str, Any] = {}
+
+
+# ---- recording figures -----------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy of a figure: numpy/torch scalars become numbers, NaN and inf become None."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy or torch scalar
+        value = value.item()
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    raise TypeError(f"record: {type(value).__name__} is not a number, string, list or dict")
+
+
+def metrics_file(path: str | os.PathLike | None = None) -> Path | None:
+    """Where `record` writes: `path`, else the notebook's `metrics_path`, else $LABKIT_METRICS, else None."""
+    if path:
+        return Path(path)
+    main = sys.modules.get("__main__")
+    notebook_path = getattr(main, "metrics_path", None)
+    if notebook_path:
+        return Path(notebook_path)
+    if os.environ.get(METRICS_ENV):
+        return Path(os.environ[METRICS_ENV])
+    return None
+
+
+def record(name: str, value: Any, path: str | os.PathLike | None = None) -> Any:
+    """Record one figure under `name` (merged with what the file already holds) and return it unchanged."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"record: the name must be a non-empty string, not {name!r}")
+    plain = _plain(value)
+    _recorded[name] = plain
+    file = metrics_file(path)
+    if file is not None:
+        figures = read_metrics(file)
+        figures[name] = plain
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # Write a temporary file and rename it: a reader never sees half a file.
+        with tempfile.NamedTemporaryFile("w", dir=file.parent, prefix=file.name, suffix=".tmp",
+                                         delete=False) as tmp:
+            json.dump(figures, tmp, indent=1, sort_keys=True, allow_nan=False)
+        os.replace(tmp.name, file)
+    return value
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """The figures recorded in a metrics file ({} when it does not exist yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    return json.loads(text) if text.strip() else {}
+
+
+def recorded() -> dict[str, Any]:
+    """The figures recorded in this process so far (also when no file is set)."""
+    return dict(_recorded)
+
+
+# ---- the machine ---------------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 instructions (Linux x86: AMX-BF16, AVX512-BF16); [] where none or unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    names = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "avx_ne_convert": "AVX-NE-CONVERT"}
+    return [label for flag, label in names.items() if flag in flags]
+
+
+def hardware(device: str = "auto") -> str:
+    """One line naming what the figures of a lesson are measured on."""
+    import torch
+
+    from .devices import resolve_device
+
+    dev = resolve_device(device)
+    threads = torch.get_num_threads()
+    if dev.type == "cuda":
+        what = f"GPU {torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda})"
+    elif dev.type == "mps":
+        what = f"Apple GPU (MPS) on {platform.machine()}"
+    else:
+        units = cpu_bf16_units()
+        what = (f"CPU {_cpu_name()}, {threads} threads used by torch (of {os.cpu_count()} logical cores), "
+                f"bf16 units: {', '.join(units) if units else 'none found'}")
+    return f"{what} · torch {torch.__version__} · Python {platform.python_version()}"
+
+
+# ---- running a few configurations ------------------------------------------------------------------------------
+def _final_loss(result) -> float:
+    history = result.history
+    return float(history["loss"].iloc[-1]) if len(history) else float("nan")
+
+
+def _row(results: list, knob: str, value: Any) -> dict[str, Any]:
+    """One table row from the repeats of one setting: medians of throughput, the last run's other figures."""
+    last = results[-1]
+    speeds = [r.throughput for r in results if r.throughput is not None]
+    return {
+        knob: value,
+        "status": last.status,
+        "throughput": statistics.median(speeds) if speeds else float("nan"),
+        "accuracy": last.accuracy,
+        "train_accuracy": last.train_accuracy,
+        "final_loss": _final_loss(last),
+        "time_s": statistics.median(r.time_s for r in results),
+        "peak_memory_mb": (last.peak_memory_bytes or 0) / 2**20,
+        "params": last.params,
+        "flops_per_image": last.flops_per_image,
+        "sparsity": last.sparsity,
+        "skipped_steps": last.skipped_steps,
+        "loss_scale": last.loss_scale,
+        "error": last.error,
+    }
+
+
+def sweep(knob: str, values: Iterable[Any], *, repeats: int = 1, store: Any = None, quiet: bool = False,
+          **config: Any) -> tuple[pd.DataFrame, dict[Any, Any]]:
+    """Run `config` once per value of `knob` and return (table, results).
+
+    `table` has one row per value (throughput is the median over `repeats`); `results` maps each value to its
+    last RunResult (histories, segments). With repeats > 1 the values take turns (a, b, a, b, ...), so a slow
+    moment on a shared machine falls on all of them rather than on one. Each run prints one line.
+    A `knob` that is not a RunConfig field is allowed when `values` are dicts of settings (a label per dict):
+    `sweep("setting", {"bs 64": {"batch_size": 64}, ...})`."""
+    from .api import run
+
+    if isinstance(values, dict):
+        settings = dict(values)
+    else:
+        settings = {v: {knob: v} for v in values}
+    runs: dict[Any, list] = {label: [] for label in settings}
+    for _ in range(max(1, repeats)):
+        for label, changes in settings.items():
+            result = run(store=store, progress=False, **{**config, **changes})
+            runs[label].append(result)
+            if not quiet:
+                print(_line(knob, label, result))
+    table = pd.DataFrame([_row(rs, knob, label) for label, rs in runs.items()])
+    return table, {label: rs[-1] for label, rs in runs.items()}
+
+
+def _line(knob: str, label: Any, result) -> str:
+    if result.status != "completed":
+        return f"{knob}={label}: {result.status} ({result.error})"
+    speed = "-" if result.throughput is None else f"{result.throughput:,.0f} img/s"
+    acc = "-" if result.accuracy is None else f"{result.accuracy:.1%}"
+    return f"{knob}={label}: {speed}, test accuracy {acc}, {result.time_s:.1f} s"
+
+
+def curves(results: dict[Any, Any], knob: str, frame: str = "history") -> pd.DataFrame:
+    """The `history` (or `epochs`) frames of several runs stacked, with a `knob` column: ready for plotly."""
+    parts = []
+    for label, result in results.items():
+        part = getattr(result, frame).copy()
+        part.insert(0, knob, str(label))
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# ---- public reference figures (../shared/guide/anchors.md) ----------------------------------------------------
+REFERENCES: dict[str, list[dict[str, str]]] = {
+    "mixed_precision": [
+        {"result": "AMP vs TF32, ResNet-50 training: 938 -> 2470 img/s (2.6x)", "hardware": "one A100",
+         "source": "NVIDIA DeepLearningExamples, ResNet-50 v1.5 PyTorch README"},
+        {"result": "channels_last with AMP, ResNet-50: about +22%", "hardware": "GPU",
+         "source": "PyTorch memory-format tutorial"},
+        {"result": "torch.compile over 163 models: +21% in fp32, +51% with AMP", "hardware": "A100",
+         "source": "PyTorch 2.0 announcement"},
+        {"result": "dense bf16/fp16 peak about 989 TFLOP/s; tf32 about 495", "hardware": "H100 / H200 SXM",
+         "source": "NVIDIA spec sheets"},
+        {"result": "dense bf16/fp16 peak 312 TFLOP/s; tf32 156", "hardware": "A100", "source": "NVIDIA spec sheet"},
+    ],
+    "fast_training": [
+        {"result": "94% on CIFAR-10 in 2.59 s (airbench94_muon)", "hardware": "one A100",
+         "source": "KellerJordan/cifar10-airbench README"},
+        {"result": "94% in 3.09 s compiled, 3.83 s eager (airbench94)", "hardware": "one A100",
+         "source": "KellerJordan/cifar10-airbench README"},
+        {"result": "94% in 26 s (ResNet-9, 'bag of tricks'; batch 512)", "hardware": "one V100",
+         "source": "David Page, 'How to train your ResNet' (myrtle.ai)"},
+        {"result": "94% in 341 s (the DAWNBench single-GPU record before that)", "hardware": "V100",
+         "source": "David Page, 'How to train your ResNet' (myrtle.ai)"},
+    ],
+    "pruning": [
+        {"result": "2:4 semi-structured sparsity, one linear layer: 1.38x", "hardware": "A100 (linear layers only)",
+         "source": "PyTorch semi-structured sparsity tutorial"},
+        {"result": "removing 30% of channels cuts MACs by about half; latency falls less than MACs",
+         "hardware": "(lab exercise)", "source": "MIT 6.5940 EfficientML, lab 1"},
+    ],
+}
+REFERENCES["batch_size"] = REFERENCES["fast_training"]
+REFERENCES["augmentation"] = REFERENCES["fast_training"]
+REFERENCES["optimizers"] = REFERENCES["fast_training"]
+
+
+def reference(topic: str) -> pd.DataFrame:
+    """Public figures for a lesson's topic, to set beside what you measure (see the table's sources)."""
+    if topic not in REFERENCES:
+        raise ValueError(f"reference: unknown topic {topic!r}; use one of {sorted(REFERENCES)}")
+    return pd.DataFrame(REFERENCES[topic])
+
+
+# ---- the exercise with the panel -------------------------------------------------------------------------------
+def panel(**settings: Any):
+    """The interactive lab panel preset to `settings`, for a lesson's exercise. Showing it trains nothing: a run
+    starts when you press Run (so a headless re-run of the lesson never waits on it). Returns the labkit.Lab,
+    or None, after saying how to try the same from Python, where this labkit has no panel."""
+    import labkit
+
+    from .config import RunConfig
+
+    lab_class = getattr(labkit, "Lab", None)
+    if lab_class is None:
+        knobs = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+        print("The lab panel (labkit.Lab) is not in this version of labkit; try the same from Python:\n"
+              f"    labkit.run({knobs})")
+        return None
+    return lab_class(RunConfig(**settings))
