@@ -1,0 +1,173 @@
+"""The command line, run as a user runs it: `python -m labkit ...` and the `labkit` console script."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import torch
+
+from labkit import Store
+
+PYTHON_M = [sys.executable, "-m", "labkit"]
+SCRIPT = Path(sys.executable).parent / "labkit"
+ENTRIES = {"python -m labkit": PYTHON_M, "labkit script": [str(SCRIPT)]}
+TIMEOUT = 300
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(LABKIT_OFFLINE="1", LABKIT_DB=str(tmp_path / "env.db"), OMP_NUM_THREADS="1",
+               PYTHONWARNINGS="ignore", **extra)  # one thread: a small shared machine runs it 10x faster
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], entry: str = "python -m labkit") -> subprocess.CompletedProcess:
+    return subprocess.run(ENTRIES[entry] + args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def test_console_script_is_installed():
+    assert SCRIPT.is_file() and os.access(SCRIPT, os.X_OK)
+
+
+# ---- quick commands: bad input, help --------------------------------------------------------------------------
+BAD = {  # flags -> what the one line must say: the field and the value, and (part of) what is allowed
+    "batch-size 0": (["--batch-size", "0"], "batch_size=0", ">= 1"),
+    "amp fp8": (["--amp", "fp8"], "amp='fp8'", "'bf16'"),
+    "prune 1.0": (["--prune", "1.0"], "prune=1.0", "0.95"),
+    "optimizer sgdx": (["--optimizer", "sgdx"], "optimizer='sgdx'", "'lamb'"),
+    "augment foo": (["--augment", "foo"], "augment='foo'", "'flip-crop'"),
+    # no GPU here: 'cuda'; where one is visible, a GPU index that does not exist
+    "device cuda": ((["--device", "cuda"], "device='cuda'", "'cpu'") if not torch.cuda.is_available()
+                    else (["--device", "cuda:99"], "device='cuda:99'", "visible")),
+    "missing folder": (["--dataset", "imagefolder:/does/not/exist"], "dataset='imagefolder:/does/not/exist'",
+                       "does not exist"),
+}
+QUICK = {  # name -> (entry point, arguments); the bad inputs alternate between the two entry points
+    **{name: (list(ENTRIES)[i % 2], ["run", "--quiet", *flags]) for i, (name, (flags, _, _)) in enumerate(BAD.items())},
+    "help": ("python -m labkit", ["--help"]),
+    "run help": ("labkit script", ["run", "--help"]),
+}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """Every quick command (each starts Python and torch), a few at a time."""
+    tmp = tmp_path_factory.mktemp("quick")
+    # LABKIT_DATA in tmp: a command that wrongly went on to train would find no data there
+    env = _env(tmp, LABKIT_DATA=str(tmp / "data"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(_run, args, env, entry) for name, (entry, args) in QUICK.items()}
+        results = {name: future.result() for name, future in futures.items()}
+    assert not (tmp / "env.db").exists() or Store(tmp / "env.db").runs().empty  # nothing ran
+    return results
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_is_one_line_and_exit_2(quick, name):
+    proc = quick[name]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (QUICK[name], proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert len(lines) == 1, proc.stderr
+    _, field_and_value, allowed = BAD[name]
+    assert lines[0].startswith("labkit: error: ")
+    assert field_and_value in lines[0] and allowed in lines[0], lines[0]
+
+
+def test_unparsable_number_is_a_usage_error(capsys):
+    """argparse's own check, in this process (the same `main` the console script calls)."""
+    from labkit.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--batch-size", "abc"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("argument --batch-size: 'abc' is not an integer")
+
+
+def test_help(quick):
+    top, run_help = quick["help"], quick["run help"]
+    assert top.returncode == 0
+    commands = re.search(r"\{([\w,-]+)\}", top.stdout)
+    assert commands and {"run", "runs"} <= set(commands.group(1).split(",")), top.stdout
+    assert run_help.returncode == 0
+    for flag in ("--dataset", "--model", "--amp", "--batch-size", "--augment", "--prune", "--prune-method",
+                 "--optimizer", "--lr", "--weight-decay", "--epochs", "--max-steps", "--train-size", "--test-size",
+                 "--seed", "--device", "--loader", "--db", "--no-store", "--quiet"):
+        assert flag in run_help.stdout, flag
+    assert not top.stderr and not run_help.stderr
+
+
+# ---- a real run, then `labkit runs` -----------------------------------------------------------------------------
+def _summary(stdout: str) -> dict[str, str]:
+    rows = {}
+    for line in stdout.splitlines():
+        match = re.match(r"^(\S+(?: \S+)*?)\s{2,}(.*)$", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
+def test_tiny_run_prints_a_summary_and_is_listed(tmp_path):
+    db = tmp_path / "cli.db"
+    proc = _run(["run", "--train-size", "512", "--test-size", "256", "--epochs", "1", "--batch-size", "128",
+                 "--width", "8", "--timing-warmup", "1", "--db", str(db)], _env(tmp_path), "labkit script")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = _summary(proc.stdout)
+    assert summary["status"] == "completed" and summary["device"] == "cpu"
+    throughput = re.fullmatch(r"([\d,]+) img/s", summary["throughput"])
+    assert throughput and float(throughput.group(1).replace(",", "")) > 0
+    accuracy = re.fullmatch(r"(\d+\.\d\d)%", summary["test accuracy"])
+    assert accuracy, summary["test accuracy"]
+    assert summary["time"].endswith("(4 steps)")
+    run_id = int(summary["run id"])
+
+    stored = Store(db).runs()
+    assert stored["id"].tolist() == [run_id] and stored["status"].tolist() == ["completed"]
+    assert float(accuracy.group(1)) / 100 == pytest.approx(stored["accuracy"].iloc[0], abs=5e-5)
+    assert not (tmp_path / "env.db").exists()  # --db wins over LABKIT_DB
+
+    listed = _run(["runs", "--db", str(db)], _env(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.strip().splitlines()
+    assert header.split()[:3] == ["id", "status", "started"] and "throughput" in header and "accuracy" in header
+    assert len(rows) == 1
+    cells = rows[0].split()
+    assert cells[0] == str(run_id) and cells[1] == "completed"
+    assert f"{stored['accuracy'].iloc[0]:.3f}" in cells and "128" in cells
+
+
+def test_ctrl_c_stops_the_run_records_it_and_exits_130(tmp_path):
+    db = tmp_path / "cli.db"
+    proc = subprocess.Popen(PYTHON_M + ["run", "--quiet", "--train-size", "512", "--test-size", "64",
+                                        "--batch-size", "16", "--epochs", "1000", "--width", "4", "--depth", "1",
+                                        "--db", str(db)],
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                with closing(sqlite3.connect(db, timeout=30)) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM metrics WHERE kind = 'epoch'").fetchone()[0]:
+                        break  # an epoch is done: the loop is training
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "recorded as stopped" in err
+    runs = Store(db).runs()
+    assert runs["status"].tolist() == ["stopped"] and "KeyboardInterrupt" in runs["error"].iloc[0]
+    assert runs["steps"].iloc[0] >= 32  # at least the first epoch (512 // 16 steps)
