@@ -9,6 +9,7 @@ Both yield uint8 batches on the device; `prepare` normalises and augments them t
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -92,11 +93,17 @@ def load_synthetic(root: Path) -> tuple[Split, Split]:
 
 
 class _CIFAR10(torchvision.datasets.CIFAR10):
-    # torchvision checks the md5 of every batch file on each load; a download is checked by its archive's md5,
-    # and checking existence here lets re-packed and test files in the same format load.
+    # torchvision checks the md5 of every file on each load. A download is checked by its archive's md5; on
+    # load, checking that the files exist lets re-packed copies and test files in the same format load too.
     def _check_integrity(self) -> bool:
         base = Path(self.root) / self.base_folder
-        return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
+        names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+        return all((base / name).is_file() for name in names)
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
 def _torchvision_split(cls, root: Path, train: bool, missing_hint: str):
@@ -143,15 +150,15 @@ def _image_folder(path: Path, image_size: int) -> torchvision.datasets.ImageFold
 def load_image_folder(path: Path, image_size: int = 32) -> tuple[TorchDataset, TorchDataset, list[str]]:
     """`path/train/<class>/*` and `path/test/<class>/*` (or `val/`); or `path/<class>/*`, split 90/10."""
     test_dir = next((path / d for d in ("test", "val") if (path / d).is_dir()), None)
-    if (path / "train").is_dir() and test_dir is not None:
-        train, test = _image_folder(path / "train", image_size), _image_folder(test_dir, image_size)
-        if train.classes != test.classes:
-            raise MissingData(f"imagefolder:{path}: train/ has classes {train.classes} but {test_dir.name}/ has "
-                              f"{test.classes}; give both the same class folders.")
-        return train, test, train.classes
     try:
+        if (path / "train").is_dir() and test_dir is not None:
+            train, test = _image_folder(path / "train", image_size), _image_folder(test_dir, image_size)
+            if train.classes != test.classes:
+                raise MissingData(f"imagefolder:{path}: train/ has classes {train.classes} but {test_dir.name}/ "
+                                  f"has {test.classes}; give both the same class folders.")
+            return train, test, train.classes
         full = _image_folder(path, image_size)
-    except FileNotFoundError as exc:
+    except FileNotFoundError as exc:  # a class folder without images, or no class folders at all
         raise MissingData(f"imagefolder:{path}: {exc}. Put images in one sub-folder per class.") from None
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
     n_test = max(1, len(full) // 10)

@@ -101,11 +101,11 @@ class Store:
         rows = []
         for run_id, started, ended, st, config, summary, error, info in reversed(self._query(sql, args)):
             figures = json.loads(summary) if summary else {}
-            rows.append({"id": run_id, "status": st,
+            # The configuration first: its device ('auto') gives way to the device the run really used.
+            rows.append({**json.loads(config), "id": run_id, "status": st,
                          "started": pd.Timestamp(started, unit="s"),
                          **{k: figures.get(k) for k in SUMMARY_FIELDS if k not in ("status", "error")},
-                         "error": error, **json.loads(config),
-                         "device_name": json.loads(info).get("device_name")})
+                         "error": error, "device_name": json.loads(info).get("device_name")})
         columns = ["id", "status", "started", *[k for k in SUMMARY_FIELDS if k not in ("status", "error")], "error"]
         return pd.DataFrame(rows, columns=None if rows else columns)
 

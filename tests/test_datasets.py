@@ -24,11 +24,6 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 
-CIFAR_META_MD5_BUG = (
-    "labkit.data._CIFAR10 overrides _check_integrity but not _load_meta, and torchvision's CIFAR10._load_meta "
-    "still checks batches.meta against the md5 of the original file, so any CIFAR-10 files in the real format "
-    "other than the original download are rejected as 'not in <root>' (MissingData) although every file is there")
-
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
@@ -147,7 +142,6 @@ def test_cifar_fixture_is_in_torchvisions_format(tmp_path):
     assert ds.targets == train_y.tolist() and ds.classes == CIFAR_CLASSES
 
 
-@pytest.mark.xfail(strict=True, raises=MissingData, reason=CIFAR_META_MD5_BUG)
 def test_cifar10_round_trips_pixels_labels_and_classes(tmp_path):
     train_x, train_y, test_x, test_y = write_cifar10(tmp_path, per_batch=6, n_test=10)
     d = data.load("cifar10", root=tmp_path)
@@ -162,7 +156,6 @@ def test_cifar10_round_trips_pixels_labels_and_classes(tmp_path):
     assert torch.allclose(d.mean, torch.from_numpy(train_x).float().mean(dim=(0, 2, 3)))
 
 
-@pytest.mark.xfail(strict=True, raises=MissingData, reason=CIFAR_META_MD5_BUG)
 def test_cifar10_fixed_subset_is_the_same_every_time(tmp_path):
     train_x, train_y, _, _ = write_cifar10(tmp_path, per_batch=6, n_test=10)
     full = {bytes(x.tobytes()): int(y) for x, y in zip(train_x, train_y)}
@@ -316,10 +309,6 @@ def test_image_folder_train_and_test_classes_must_match(tmp_path):
         data.load(f"imagefolder:{tmp_path / 'imgs'}")
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "labkit.data.load_image_folder: in the train/ + test/ layout ImageFolder's FileNotFoundError (a class "
-    "folder without images) is not turned into MissingData, so it is no ValueError and the CLI prints a "
-    "traceback; the single-folder layout catches it"))
 def test_image_folder_train_test_layout_without_images_is_missing_data(tmp_path):
     rng = np.random.default_rng(0)
     _png(tmp_path / "imgs" / "train" / "cat" / "0.png", 0, rng)
@@ -409,7 +398,6 @@ def test_run_on_an_image_folder_uses_the_dataloader(tmp_path):
     assert result.epochs["test_accuracy"].iloc[0] in {0.0, 0.25, 0.5, 0.75, 1.0}  # 4 test images
 
 
-@pytest.mark.xfail(strict=True, reason=CIFAR_META_MD5_BUG)
 def test_run_cifar10_through_the_dataloader(tmp_path, monkeypatch):
     write_cifar10(tmp_path, per_batch=8, n_test=8)  # 40 train images
     monkeypatch.setenv("LABKIT_DATA", str(tmp_path))

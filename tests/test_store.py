@@ -254,10 +254,6 @@ def test_keyboard_interrupt_from_a_listener_is_stored_as_stopped_and_raised(tmp_
     assert labkit.runs(store)["status"].tolist() == ["stopped", "completed"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "labkit/store.py Store.runs builds each row as {..summary figures.., **config}, so the configuration's "
-    "device ('auto') overwrites the summary's device (where the run really trained, e.g. 'cpu' or 'cuda:0'): "
-    "the runs table no longer says which device produced the figures"))
 def test_runs_table_keeps_the_device_the_run_trained_on(completed_run):
     store, result = completed_run
     assert result.device == "cpu" or result.device.startswith(("cuda", "mps"))
