@@ -163,6 +163,8 @@ def run_notebook(path: str | Path, spec: dict[str, Any], out_dir: str | Path = D
     path = Path(path)
     name = path.stem
     out_dir = Path(out_dir)
+    if out_dir.resolve() == path.parent.resolve():
+        raise ValueError(f"out_dir={str(out_dir)!r} is the notebook's own folder: use a build folder.")
     nb = nbformat.read(path, as_version=4)
     if parameters_cell(nb) is None:
         return NotebookRun(name, "no-parameters", error="no cell is tagged 'parameters'")
@@ -188,8 +190,11 @@ def run_all(notebooks: Iterable[str | Path] | None = None, params: str | Path = 
             baselines: str | Path | None = DEFAULT_PARAMS, echo=None) -> list[NotebookRun]:
     """Run notebooks (default: all in notebooks/) one after the other; see run_notebook."""
     spec = load_spec(params)
-    base = load_spec(baselines) if baselines is not None and Path(baselines).is_file() else None
     paths = [Path(p) for p in notebooks] if notebooks is not None else notebook_paths()
+    if any(Path(out_dir).resolve() == p.parent.resolve() for p in paths):
+        raise ValueError(f"out_dir={str(out_dir)!r} is the notebooks' own folder: executed copies would replace "
+                         "the lessons; use a build folder such as build/notebooks.")
+    base = load_spec(baselines) if baselines is not None and Path(baselines).is_file() else None
     runs = []
     for path in paths:
         if not path.is_file():
@@ -239,13 +244,16 @@ def _num(value: Any) -> str:
 
 # ---- committed notebooks: outputs only on checked cells ---------------------------------------------------------
 def strip_outputs(nb, keep_checked: bool = True):
-    """Clear outputs and execution counts, except the outputs of `# NBVAL_CHECK_OUTPUT` cells when kept."""
+    """Clear outputs and execution counts, except on `# NBVAL_CHECK_OUTPUT` cells when kept: those keep their
+    outputs and an execution count of 1 (nbval ignores the outputs of a cell without a count)."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        if not (keep_checked and CHECK_MARK in cell.source):
+        if keep_checked and CHECK_MARK in cell.source and cell.outputs:
+            cell.execution_count = 1
+        else:
             cell.outputs = []
-        cell.execution_count = None
+            cell.execution_count = None
         cell.metadata.pop("execution", None)
         cell.metadata.pop("papermill", None)
     nb.metadata.pop("papermill", None)

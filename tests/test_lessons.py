@@ -235,6 +235,9 @@ def test_cli_notebooks_runs_prints_and_exits(tmp_path, capsys):
     params.write_text(json.dumps(_spec(a={"parameters": {"n": 9}, "baselines": {"v": {"min": 1, "max": 5}}})))
     assert cli.main(argv) == 1
     assert "FAIL" in capsys.readouterr().out
+    # executed copies never replace the notebooks themselves
+    assert cli.main(argv[:-1] + [str(folder)]) == 2
+    assert "own folder" in capsys.readouterr().err
 
 
 def test_strip_and_update_references(tmp_path):
@@ -250,5 +253,5 @@ def test_strip_and_update_references(tmp_path):
     assert nbrun.update_references(executed, src) == 1
     nb = nbformat.read(src, as_version=4)
     assert nb.cells[0].outputs[0]["text"] == "1\n" and nb.cells[1].outputs == []
-    assert all(c.execution_count is None for c in nb.cells)
+    assert [c.execution_count for c in nb.cells] == [1, None]  # nbval compares only cells with a count
     assert nbrun.checked_cells(nb) == [0]
