@@ -52,6 +52,8 @@ class Dashboard:
         self.throughput_fig = go.FigureWidget(plots.throughput_figure())
         self.segments_fig = go.FigureWidget(plots.segments_figure())
         self.compare_fig = go.FigureWidget(plots.comparison_figure(self._store()))
+        for name in ("loss", "throughput", "segments", "compare"):  # hooks for the browser test and styling
+            getattr(self, f"{name}_fig").add_class(f"labkit-{name}")
         self.widget = widgets.VBox([self.throughput_fig, self.segments_fig, self.loss_fig, self.compare_fig])
         self.redraws = 0
         self.reset()

@@ -109,6 +109,9 @@ class Lab:
             button.button_style = "primary" if mode == self.amp else ""
 
     def _choose_amp(self, mode: str) -> None:
+        if self.amp_buttons[mode].disabled:  # only reachable from Python: the browser cannot click it
+            self._show_error(f"amp={mode!r} cannot run on {self.device}: {self.amp_reasons[mode]}")
+            return
         if mode != self.amp:
             previous, self.amp = self.amp, mode
             self._paint_amp()
@@ -152,6 +155,16 @@ class Lab:
         self._accepted[name] = value
         self._show_error("")
         return True
+
+    def set_control(self, knob: str, value: Any) -> bool:
+        """Do from Python what a user does with the mouse: click the AMP button, or move the knob's control.
+        Returns False when the change was refused (the message is in `last_error`)."""
+        if knob == "amp":
+            self.amp_buttons[value].click()
+            return self.amp == value
+        control = getattr(self, knob)
+        control.value = value
+        return control.value == value
 
     def _set_quietly(self, control, value) -> None:
         self._syncing = True

@@ -21,6 +21,7 @@ RuntimeError saying which run holds the device (stop it, or wait for it).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Iterable
 
 import pandas as pd
@@ -48,9 +49,17 @@ class _CheckedControls(Controls):
         super().__init__()
         self._trainer_of = trainer_of
         self.rejected: list[str] = []
+        self.applying = False  # changes taken by the loop whose segment has not started yet
+
+    def has_pending(self) -> bool:
+        """True from a request until its segment has started (or it was dropped)."""
+        with self._lock:
+            return bool(self._pending) or self.applying
 
     def take(self) -> dict[str, Any]:
-        changes = super().take()
+        with self._lock:
+            changes, self._pending = self._pending, {}
+            self.applying = bool(changes)  # until LiveRun hears SegmentStarted
         if not changes:
             return changes
         trainer = self._trainer_of()
@@ -59,7 +68,8 @@ class _CheckedControls(Controls):
             trainer.check_change(changes)
         except ValueError as exc:
             self.rejected.append(str(exc))
-            return {}
+            changes = {}
+        self.applying = bool(changes)
         return changes
 
 
@@ -126,7 +136,9 @@ class LiveRun:
         self._result = self._result or result
 
     def _watch(self, event) -> None:
-        if event.kind == "run_started":
+        if event.kind == "segment_started":
+            self.controls.applying = False
+        elif event.kind == "run_started":
             self._started = True
         elif event.kind == "run_ended":
             self._ended = True
@@ -157,6 +169,17 @@ class LiveRun:
         if self._thread is not None:
             self._thread.join(timeout)
         return self.result
+
+    def wait_measured(self, timeout: float | None = None) -> bool:
+        """Wait until the pending changes are applied and the current segment has a measured throughput (its
+        warm-up and one logged interval are done). False if the run ended or `timeout` passed first."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.running and (end is None or time.monotonic() < end):
+            rows = getattr(self.trainer, "segment_rows", [])
+            if rows and rows[-1]["throughput"] is not None and not self.controls.has_pending():
+                return True
+            time.sleep(0.05)
+        return False
 
     # ---- what it is doing ----------------------------------------------------------------------------------
     @property
