@@ -181,7 +181,7 @@ class Lab:
     def start(self) -> LiveRun | None:
         """Start a run with the panel's configuration (what Run does). A refusal is shown in the panel."""
         try:
-            run = LiveRun(self.config, store=self.store, listeners=[self.dashboard, self._on_event])
+            run = LiveRun(self.config, store=self.store, listeners=self.listeners)
             run.start()
         except (ValueError, RuntimeError) as exc:
             self._show_error(str(exc))
@@ -191,6 +191,11 @@ class Lab:
         self._last = {}
         self._show_error("")
         return run
+
+    @property
+    def listeners(self) -> list:
+        """What the panel attaches to each run it starts: the charts and the status line."""
+        return [self.dashboard, self._on_event]
 
     def stop(self) -> None:
         """Stop the run at its next step boundary (what Stop does)."""

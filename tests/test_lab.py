@@ -145,3 +145,16 @@ def test_a_crash_in_the_training_thread_reaches_the_panel_and_the_store(tmp_path
     stored = panel.store.runs().iloc[-1]
     assert stored["status"] == "failed" and stored["error"] == result.error
 
+
+
+def test_set_control_and_wait_measured_drive_the_panel_as_the_notebook_does(lab):
+    run = lab.start()
+    assert run.wait_measured(timeout=60)
+    assert lab.set_control("amp", "bf16")
+    assert run.wait_measured(timeout=60)  # the amp segment started and has its own throughput
+    assert lab.set_control("prune", 0.5)
+    assert run.wait_measured(timeout=60)
+    seg = run.segments
+    assert list(seg["amp"]) == ["off", "bf16", "bf16"] and list(seg["prune"]) == [0.0, 0.0, 0.5]
+    assert seg["throughput"].notna().all()
+    assert not lab.set_control("prune", 0.2) and "pruning only adds" in lab.last_error
