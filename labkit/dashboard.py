@@ -73,7 +73,7 @@ class Dashboard:
         self._last_step = 0
         self._last_throughput = 0.0
         self._last_redraw = -math.inf
-        self._dirty = set()
+        self._dirty = {"loss", "throughput", "changes", "segments"}  # the next redraw clears the last run
 
     # ---- the listener (training thread) --------------------------------------------------------------------
     def __call__(self, event) -> None:
@@ -95,6 +95,7 @@ class Dashboard:
             self._redraw(force=True)
         elif kind == "run_started":
             self.reset()
+            self._redraw(force=True)
         elif kind == "run_ended":
             self._redraw(force=True)
             self.refresh_comparison(highlight=getattr(event.result, "run_id", None))
