@@ -14,7 +14,7 @@ $(READY): pyproject.toml requirements.lock
 	touch $@
 
 lab: $(READY)
-	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 00_quickstart.ipynb
+	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 00_lab.ipynb
 
 test: $(READY)
 	$(BIN)/python -m pytest
