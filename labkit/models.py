@@ -21,7 +21,12 @@ def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16, depth: in
         c_out = width * 2 ** min(i + 1, 3)
         layers += [nn.MaxPool2d(2), *_conv_bn(c, c_out), *_conv_bn(c_out, c_out)]
         c = c_out
-    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    head = nn.Linear(c, num_classes)
+    # A zero head starts from uniform predictions (loss = ln 10): the max-pooled features are large, and a
+    # randomly initialised head on them makes overconfident first steps that slow early training.
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), head]
     return nn.Sequential(*layers)
 
 
