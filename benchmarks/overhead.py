@@ -90,8 +90,12 @@ def main() -> None:
           f"amp {args.amp}, batch {args.batch_size}, {args.steps} steps, {args.pairs} pairs")
     ratios = []
     for pair in range(args.pairs):
-        bare = bare_loop(config, device, warmup)
-        lab = labkit_loop(config, store, warmup)
+        if pair % 2 == 0:  # alternate which goes first, so drift in the machine's speed cancels out
+            bare = bare_loop(config, device, warmup)
+            lab = labkit_loop(config, store, warmup)
+        else:
+            lab = labkit_loop(config, store, warmup)
+            bare = bare_loop(config, device, warmup)
         ratios.append(lab / bare)
         print(f"pair {pair + 1}: bare {bare:,.0f} img/s, labkit {lab:,.0f} img/s, ratio {lab / bare:.3f}")
     print(f"labkit / bare throughput: median {statistics.median(ratios):.3f} "
