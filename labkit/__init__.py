@@ -2,12 +2,13 @@
 from . import plots
 from .api import run, runs
 from .config import RunConfig
+from .lab import Lab
+from .lessons import record
+from .live import LiveRun
 from .result import RunResult
 from .store import Store
 from .train import Controls, Trainer
-from .live import LiveRun
-from .lab import Lab
-from .lessons import record
 
-__all__ = ["RunConfig", "RunResult", "Store", "Trainer", "Controls", "run", "runs", "LiveRun", "Lab", "plots"]
+__all__ = ["RunConfig", "RunResult", "Store", "Trainer", "Controls", "LiveRun", "Lab", "plots", "run", "runs",
+           "record"]
 __version__ = "0.1.0"

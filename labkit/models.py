@@ -22,10 +22,12 @@ def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16, depth: in
         layers += [nn.MaxPool2d(2), *_conv_bn(c, c_out), *_conv_bn(c_out, c_out)]
         c = c_out
     head = nn.Linear(c, num_classes)
-    # A zero head starts from uniform predictions (loss = ln 10): the max-pooled features are large, and a
-    # randomly initialised head on them makes overconfident first steps that slow early training.
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
+    # A small head starts from near-uniform predictions (loss about ln 10): the max-pooled features are large,
+    # and a head of the default scale on them makes overconfident first steps that slow early training. Not
+    # zero: LAMB scales each layer's step by its weight norm, and a zero layer would take raw Adam-sized steps.
+    with torch.no_grad():
+        head.weight.mul_(0.1)
+        head.bias.zero_()
     layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), head]
     return nn.Sequential(*layers)
 

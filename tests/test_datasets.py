@@ -31,13 +31,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("LABKIT_DB", str(tmp_path / "labkit.db"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a small shared machine two intra-op threads wait on each other (ten times slower); one is plenty."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- writers for the real formats ---------------------------------------------------------------------------

@@ -7,17 +7,10 @@ import pytest
 import labkit
 from labkit import Lab, RunConfig, Store
 from labkit.config import AUGMENT_PRESETS, OPTIMIZERS, PRUNE_METHODS
+from support import wait_until
 
 SMALL = dict(train_size=1000, test_size=200, width=8, depth=2, batch_size=32, log_every=2, timing_warmup=2,
              epochs=100, max_steps=400, device="cpu")
-
-
-def wait_until(condition, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import types
 
 import nbformat
 import numpy as np

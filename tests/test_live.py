@@ -6,18 +6,11 @@ import torch
 
 from labkit import LiveRun, RunConfig, Store
 from labkit.events import Logged
+from support import wait_until
 
 # Tiny and slow to finish on its own: each test changes what it needs, then stops the run.
 SMALL = dict(train_size=1000, test_size=200, width=8, depth=2, batch_size=32, log_every=2, timing_warmup=2,
              epochs=100, max_steps=400, schedule="constant", device="cpu")
-
-
-def wait_until(condition, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def advance(live, steps=3):

@@ -1,6 +1,5 @@
 """Static figures from a RunResult, a LiveRun or the store, and the live dashboard's bookkeeping."""
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
