@@ -13,8 +13,11 @@ $(READY): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# Jupyter refuses to run as root unless told; containers and cloud machines often are root.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(READY)
-	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 00_lab.ipynb
+	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 $(AS_ROOT) 00_lab.ipynb
 
 test: $(READY)
 	$(BIN)/python -m pytest
