@@ -225,7 +225,7 @@ class Trainer:
         if new.prune != old.prune:
             pruning.apply(self.model, new.prune_method, new.prune, old.prune, self.example_input)
             rebuild |= new.prune_method == "channels"  # surgery made new parameter tensors
-            self.flops_per_image = models.flops_per_image(self.model, self.data.image_shape, self.device)
+            self.flops_per_image = self._count_flops()
         self.knobs = new
         if rebuild:
             self._build_optimizer()
@@ -286,8 +286,8 @@ class Trainer:
         self._emit(row)
 
     def _evaluate(self, epoch_time_s: float) -> None:
-        test_acc, _ = self._accuracy(self.test_batches.eval_batches())
-        train_acc, _ = self._accuracy(self.train_batches.eval_batches(limit=len(self.test_batches)))
+        test_acc = self._accuracy(self.test_batches.eval_batches())
+        train_acc = self._accuracy(self.train_batches.eval_batches(limit=len(self.test_batches)))
         recent = [r["loss"] for r in self.history_rows if r["epoch"] == self.epoch]
         event = EpochEnded(epoch=self.epoch, step=self.step, time_s=self._now(), segment=self.segment,
                            train_loss=sum(recent) / len(recent) if recent else float("nan"),
@@ -297,7 +297,7 @@ class Trainer:
         self._restart_interval()
 
     @torch.no_grad()
-    def _accuracy(self, batches) -> tuple[float, int]:
+    def _accuracy(self, batches) -> float:
         self.model.eval()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
@@ -307,7 +307,7 @@ class Trainer:
                 correct += (self.model(x).argmax(dim=1) == y).sum()
             seen += len(labels)
         self.model.train()
-        return int(correct) / max(seen, 1), seen
+        return int(correct) / max(seen, 1)
 
     # ---- set-up and the end --------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -327,11 +327,10 @@ class Trainer:
         self.example_input = torch.zeros(1, *self.data.image_shape, device=self.device)
         self.dense_params = models.count_params(self.model)
         self.dense_weights = pruning.total_weights(self.model)
-        self.flops_per_image = self.dense_flops = models.flops_per_image(self.model, self.data.image_shape,
-                                                                          self.device)
+        self.flops_per_image = self.dense_flops = self._count_flops()
         if self.knobs.prune > 0:  # prune_at == 0: prune the freshly initialised network
             pruning.apply(self.model, cfg.prune_method, cfg.prune, 0.0, self.example_input)
-            self.flops_per_image = models.flops_per_image(self.model, self.data.image_shape, self.device)
+            self.flops_per_image = self._count_flops()
         self.scaler = precision.make_scaler(self.device, self.knobs.amp)
         self.optimizer_steps = 0
         self._build_optimizer()
@@ -352,6 +351,9 @@ class Trainer:
                                                k.weight_decay, k.momentum)
         # The GradScaler skips optimizer.step() when gradients overflow; counting real steps reveals the skips.
         self.optimizer.register_step_post_hook(lambda *_: setattr(self, "optimizer_steps", self.optimizer_steps + 1))
+
+    def _count_flops(self) -> int:
+        return models.flops_per_image(self.model, self.data.image_shape, self.device)
 
     def _peak_lr(self) -> float:
         return self.knobs.lr if self.knobs.lr is not None else optim.default_lr(self.knobs.optimizer)
