@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 AUGMENT_PRESETS = ("none", "flip", "flip-crop", "cutout", "mixup", "cutmix")
 PRUNE_METHODS = ("unstructured", "channels")
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop", "lamb", "lion")
@@ -71,7 +71,8 @@ class RunConfig:
     model: str = _knob("cnn", "cnn (small, fast; see width/depth), resnet18 or mobilenet_v3_small", *_one_of(MODELS))
     width: int = _knob(16, "cnn: channels of the first block (doubled per block)", *_int_in(4, 1024))
     depth: int = _knob(3, "cnn: number of conv blocks, each halves the resolution", *_int_in(1, 4))
-    amp: str = _knob("off", "mixed precision: off (fp32), bf16 or fp16 (with a GradScaler)", *_one_of(AMP_MODES))
+    amp: str = _knob("off", "mixed precision: off (fp32), bf16, fp16 (with a GradScaler), or auto (the fastest one "
+                     "the device runs natively)", *_one_of(AMP_MODES))
     batch_size: int = _knob(256, "images per training step", *_int_in(1, 65536))
     augment: str = _knob("flip-crop", "augmentation preset applied to whole batches on the device",
                          *_one_of(AUGMENT_PRESETS))

@@ -1,9 +1,11 @@
 """Which device trains, what it can do, and how its memory and time are read."""
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -38,24 +40,98 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def amp_support(device: torch.device) -> dict[str, str | None]:
-    """For each `amp` value: None when the device can run it, else the reason it cannot."""
-    reasons: dict[str, str | None] = {"off": None, "bf16": None, "fp16": None}
-    if device.type == "cuda":
-        if not torch.cuda.is_bf16_supported(including_emulation=False):
-            reasons["bf16"] = f"{torch.cuda.get_device_name(device)} has no native bf16 (needs compute capability 8.0+)"
+# ---- precisions: which `amp` modes a device runs, and which of them natively -----------------------------------
+AMP_DTYPE_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
+_CPU_BF16_UNITS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a device runs one `amp` mode. `native`: the hardware computes in that type, so it can be faster than
+    fp32; otherwise it is emulated (converted in software) and usually much slower. `note` says why."""
+
+    mode: str
+    available: bool
+    native: bool
+    note: str = ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 compute units that PyTorch's kernels (oneDNN) use: AMX-BF16, AVX512-BF16; [] where none.
+
+    ONEDNN_MAX_CPU_ISA limits what oneDNN may use: set to AVX2 (or anything below AVX512_CORE_BF16), the units
+    are there but unused, and bf16 is emulated. It is also how a test or a class makes a CPU behave as one
+    without bf16 units."""
+    flags = cpu_flags()
+    if not flags:  # not Linux: ask torch (it reads CPUID itself)
+        flags = {flag for flag, probe in (("avx512_bf16", "_is_avx512_bf16_supported"),
+                                          ("amx_bf16", "_is_amx_tile_supported"))
+                 if getattr(torch.cpu, probe, lambda: False)()}
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap not in ("ALL", "DEFAULT") and not any(word in cap for word in ("BF16", "AMX", "FP16", "AVX10")):
+        return []
+    return [label for flag, label in _CPU_BF16_UNITS.items() if flag in flags]
+
+
+def precisions(device: torch.device) -> dict[str, Precision]:
+    """For each `amp` mode ("off", "bf16", "fp16"): whether `device` runs it, and whether natively.
+
+    CPU: bf16 is native with AMX-BF16 or AVX512-BF16 units (see cpu_bf16_units); fp16 is always emulated (no
+    fast fp16 training kernels for CPUs in PyTorch: its convolution backward falls back to slow code).
+    CUDA: bf16 is native from compute capability 8.0 (Ampere), fp16 from 7.0 (tensor cores, Volta).
+    MPS: fp16 is native; bf16 needs macOS 14."""
+    modes = {"off": Precision("off", True, True, "fp32")}
+    if device.type == "cpu":
+        units = cpu_bf16_units()
+        modes["bf16"] = Precision("bf16", True, bool(units), f"native on {' and '.join(units)}" if units else
+                                  "emulated on this CPU (no AVX512-BF16 or AMX-BF16 units in use): expect it to be "
+                                  "much slower than fp32")
+        modes["fp16"] = Precision("fp16", True, False, "emulated on CPUs (PyTorch has no fast fp16 training kernels "
+                                  "for them): expect it to be much slower than fp32")
+    elif device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        cc = f"compute capability {major}.{minor}"
+        if major >= 8:
+            modes["bf16"] = Precision("bf16", True, True, f"native on {name} ({cc})")
+        elif torch.cuda.is_bf16_supported(including_emulation=True):
+            modes["bf16"] = Precision("bf16", True, False, f"emulated on {name} ({cc}; native bf16 needs 8.0+): "
+                                      "expect it to be slower than fp16")
+        else:
+            modes["bf16"] = Precision("bf16", False, False, f"{name} cannot run bf16 ({cc}; needs 8.0+)")
+        modes["fp16"] = Precision("fp16", True, major >= 7, f"native on {name} ({cc})" if major >= 7 else
+                                  f"no tensor cores on {name} ({cc}; needs 7.0+): expect little or no speed-up")
     elif device.type == "mps":
         try:
             torch.ones(1, device=device, dtype=torch.bfloat16)
+            modes["bf16"] = Precision("bf16", True, True, "native on this Apple GPU")
         except (RuntimeError, TypeError):
-            reasons["bf16"] = "this macOS/MPS version has no bf16 (needs macOS 14+)"
-    return reasons
+            modes["bf16"] = Precision("bf16", False, False, "this macOS/MPS version has no bf16 (needs macOS 14+)")
+        modes["fp16"] = Precision("fp16", True, True, "native on this Apple GPU")
+    else:
+        modes.update(bf16=Precision("bf16", True, False, f"not known to be native on {device.type}"),
+                     fp16=Precision("fp16", True, False, f"not known to be native on {device.type}"))
+    return modes
 
 
-def check_amp(amp: str, device: torch.device) -> None:
-    reason = amp_support(device).get(amp)
-    if reason:
-        raise ValueError(f"amp={amp!r} cannot run on {device}: {reason}; use amp='fp16' or 'off'.")
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The mode an `amp` setting means on `device`: "auto" is the first native one of bf16, fp16, else "off"
+    (bf16 first: it needs no loss scaling). Raises ValueError for a mode the device cannot run at all."""
+    modes = precisions(device)
+    if amp == "auto":
+        return next((m for m in ("bf16", "fp16") if modes[m].native), "off")
+    if not modes[amp].available:
+        raise ValueError(f"amp={amp!r} cannot run on {device}: {modes[amp].note}; use amp='auto', 'fp16' or 'off'.")
+    return amp
 
 
 def synchronize(device: torch.device) -> None:

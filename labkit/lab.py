@@ -18,7 +18,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from . import devices, optim
-from .config import AUGMENT_PRESETS, AMP_MODES, OPTIMIZERS, PRUNE_METHODS, RunConfig
+from .config import AUGMENT_PRESETS, OPTIMIZERS, PRUNE_METHODS, RunConfig
 from .dashboard import Dashboard
 from .live import LiveRun
 from .store import Store
@@ -55,19 +55,22 @@ class Lab:
     def _build_controls(self, c: RunConfig, live: bool) -> None:
         wide = widgets.Layout(width="320px")
         style = {"description_width": "90px"}
-        self.amp_reasons = devices.amp_support(self.device)
+        # Every mode the device can run stays clickable; an emulated one is marked, and the note says why.
+        self.precisions = devices.precisions(self.device)
         self.amp_buttons = {}
-        for mode in AMP_MODES:
-            reason = self.amp_reasons[mode]
-            button = widgets.Button(description=mode, disabled=reason is not None,
-                                    tooltip=reason or f"train with amp={mode!r}", layout=widgets.Layout(width="70px"))
+        for mode, p in self.precisions.items():
+            button = widgets.Button(description=mode, disabled=not p.available, tooltip=f"{mode}: {p.note}",
+                                    icon="" if p.native else "exclamation-triangle",
+                                    layout=widgets.Layout(width="70px" if p.native else "90px"))
             button.add_class(f"labkit-amp-{mode}")
+            if p.available and not p.native:
+                button.add_class("labkit-amp-emulated")
             button.on_click(lambda _, m=mode: self._choose_amp(m))
             self.amp_buttons[mode] = button
-        self.amp = c.amp
+        self.amp = devices.resolve_amp(c.amp, self.device)
         self._paint_amp()
-        unavailable = [f"{m}: {r}" for m, r in self.amp_reasons.items() if r]
-        self.amp_note = widgets.HTML("<small>" + html.escape("; ".join(unavailable)) + "</small>")
+        marked = [f"{m}: {p.note}" for m, p in self.precisions.items() if not p.native]
+        self.amp_note = widgets.HTML("<small>" + html.escape("; ".join(marked)) + "</small>")
         sizes = sorted(set(BATCH_SIZES) | {c.batch_size})
         if c.train_size:
             sizes = [b for b in sizes if b <= c.train_size or b == c.batch_size]
@@ -110,7 +113,7 @@ class Lab:
 
     def _choose_amp(self, mode: str) -> None:
         if self.amp_buttons[mode].disabled:  # only reachable from Python: the browser cannot click it
-            self._show_error(f"amp={mode!r} cannot run on {self.device}: {self.amp_reasons[mode]}")
+            self._show_error(f"amp={mode!r} cannot run on {self.device}: {self.precisions[mode].note}")
             return
         if mode != self.amp:
             previous, self.amp = self.amp, mode
@@ -160,6 +163,7 @@ class Lab:
         """Do from Python what a user does with the mouse: click the AMP button, or move the knob's control.
         Returns False when the change was refused (the message is in `last_error`)."""
         if knob == "amp":
+            value = devices.resolve_amp(value, self.device) if value == "auto" else value
             self.amp_buttons[value].click()
             return self.amp == value
         control = getattr(self, knob)
@@ -242,7 +246,7 @@ class Lab:
             parts.append(f"{last['throughput']:,.0f} img/s")
         if "accuracy" in last:
             parts.append(f"test acc {last['accuracy']:.1%}")
-        parts.append(f"amp {run.knobs.amp}")
+        parts.append(f"amp {run.knobs.amp}" + ("" if self.precisions[run.knobs.amp].native else " (emulated)"))
         if logged is not None and logged.loss_scale is not None:
             parts.append(f"scale {logged.loss_scale:g} ({logged.skipped_steps} skipped steps)")
         if "segment" in last:

@@ -105,22 +105,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_bf16_units() -> list[str]:
-    """The CPU's bf16 instructions (Linux x86: AMX-BF16, AVX512-BF16); [] where none or unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    names = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "avx_ne_convert": "AVX-NE-CONVERT"}
-    return [label for flag, label in names.items() if flag in flags]
-
-
 def hardware(device: str = "auto") -> str:
     """One line naming what the figures of a lesson are measured on."""
     import torch
 
-    from .devices import resolve_device
+    from .devices import AMP_DTYPE_NAMES, cpu_bf16_units, precisions, resolve_device
 
     dev = resolve_device(device)
     threads = torch.get_num_threads()
@@ -132,7 +121,11 @@ def hardware(device: str = "auto") -> str:
         units = cpu_bf16_units()
         what = (f"CPU {_cpu_name()}, {threads} threads used by torch (of {os.cpu_count()} logical cores), "
                 f"bf16 units: {', '.join(units) if units else 'none found'}")
-    return f"{what} · torch {torch.__version__} · Python {platform.python_version()}"
+    modes = precisions(dev)
+    native = ", ".join(AMP_DTYPE_NAMES[m] for m, p in modes.items() if p.native)
+    emulated = ", ".join(AMP_DTYPE_NAMES[m] for m, p in modes.items() if p.available and not p.native)
+    return (f"{what} · native: {native}" + (f"; emulated: {emulated}" if emulated else "")
+            + f" · torch {torch.__version__} · Python {platform.python_version()}")
 
 
 # ---- running a few configurations ------------------------------------------------------------------------------

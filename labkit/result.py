@@ -11,7 +11,8 @@ from .config import RunConfig
 
 SUMMARY_FIELDS = ("status", "throughput", "accuracy", "train_accuracy", "time_s", "peak_memory_bytes",
                   "flops_per_image", "dense_flops_per_image", "params", "dense_params", "sparsity", "mfu",
-                  "steps", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s", "device", "error")
+                  "steps", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s", "device", "precision",
+                  "precision_native", "error")
 
 
 @dataclass
@@ -20,7 +21,7 @@ class RunResult:
     evaluation excluded); `accuracy` is the final test accuracy (0..1); `sparsity` is the fraction of the
     dense model's conv/linear weights that are zero or removed; FLOPs are forward FLOPs per image."""
 
-    status: str  # "completed" | "stopped" | "failed"
+    status: str  # "completed" | "stopped" | "failed" ("interrupted" in the store: its process died mid-run)
     config: RunConfig
     throughput: float | None = None
     accuracy: float | None = None
@@ -39,6 +40,9 @@ class RunResult:
     data_time_s: float = 0.0
     compute_time_s: float = 0.0
     device: str = ""
+    precision: str = "fp32"  # what the run computed in at its end: fp32, bf16 or fp16 (amp="auto" resolved)
+    precision_native: bool = True  # False: the device emulates it (see precision_note), expect it to be slow
+    precision_note: str = ""
     error: str | None = None
     run_id: int | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per logged point
@@ -59,6 +63,7 @@ class RunResult:
             rows.append(("error", self.error))
         rows += [
             ("device", self.device),
+            ("precision", self.precision if self.precision == "fp32" else f"{self.precision} ({self.precision_note})"),
             ("throughput", _fmt(self.throughput, "{:,.0f} img/s")),
             ("test accuracy", _fmt(self.accuracy, "{:.2%}")),
             ("train accuracy", _fmt(self.train_accuracy, "{:.2%}")),

@@ -45,6 +45,7 @@ class Controls:
         self._lock = threading.Lock()
         self._pending: dict[str, Any] = {}
         self._stop = threading.Event()
+        self.stop_reason: str | None = None
         self._resumed = threading.Event()
         self._resumed.set()
 
@@ -57,7 +58,9 @@ class Controls:
             changes, self._pending = self._pending, {}
         return changes
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
+        """Stop at the next step boundary; `reason` (e.g. "stopped by SIGTERM") is recorded as the run's error."""
+        self.stop_reason = self.stop_reason if self.stop_reason is not None else reason
         self._stop.set()
         self._resumed.set()  # a paused run must wake up to stop
 
@@ -107,12 +110,13 @@ class Trainer:
     def __init__(self, config: RunConfig, listeners: Iterable[Listener] = (), controls: Controls | None = None):
         self.config = config.validate()
         self.device = devices.resolve_device(config.device)
-        devices.check_amp(config.amp, self.device)
+        self.precisions = devices.precisions(self.device)
         self.listeners = list(listeners)
         self.controls = controls
-        # The knobs now in force: the configuration, except pruning that is scheduled for later.
+        # The knobs now in force: the configuration with amp="auto" resolved, except pruning scheduled for later.
         self.prune_due = config.prune > 0 and config.prune_at > 0
-        self.knobs = config.replace(prune=0.0) if self.prune_due else config
+        self.knobs = config.replace(amp=devices.resolve_amp(config.amp, self.device),
+                                    prune=0.0 if self.prune_due else config.prune)
         self.step = 0
         self.epoch = 0
 
@@ -126,9 +130,9 @@ class Trainer:
             self._start_segment({})
             self._train()
         except Stopped:
-            status = "stopped"
-        except KeyboardInterrupt as exc:
-            status, error, failure = "stopped", "interrupted (KeyboardInterrupt)", exc
+            status, error = "stopped", self.controls.stop_reason
+        except KeyboardInterrupt as exc:  # Ctrl-C, a kernel interrupt, or a signal (labkit.signals.Interrupted)
+            status, error, failure = "stopped", f"interrupted ({getattr(exc, 'signal_name', 'KeyboardInterrupt')})", exc
         except NonFiniteLoss as exc:
             status, error = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - recorded as failed; unexpected ones are raised again below
@@ -205,7 +209,7 @@ class Trainer:
         if unknown:
             raise ValueError(f"{sorted(unknown)} cannot change during a run: live knobs are {list(LIVE_KNOBS)}.")
         new = self.knobs.replace(**changes).validate()
-        devices.check_amp(new.amp, self.device)
+        new = new.replace(amp=devices.resolve_amp(new.amp, self.device))
         if new.prune < self.knobs.prune:
             raise ValueError(f"prune={new.prune} is below the {self.knobs.prune} already applied: pruning only "
                              "adds during a run.")
@@ -341,6 +345,7 @@ class Trainer:
         self.clock = _Clock(self.device)
         self.history_rows, self.epochs_rows, self.segment_rows = [], [], []
         self.info = {**devices.describe(self.device), "dataset_classes": self.data.num_classes,
+                     "native_precisions": [m for m, p in self.precisions.items() if p.native],
                      "train_images": len(self.train_batches), "test_images": len(self.test_batches),
                      "dense_params": self.dense_params, "dense_flops_per_image": self.dense_flops}
 
@@ -392,6 +397,8 @@ class Trainer:
         last = self.epochs_rows[-1] if self.epochs_rows else {}
         return RunResult(
             status=status, config=self.config, error=error, device=str(self.device),
+            precision=devices.AMP_DTYPE_NAMES[self.knobs.amp], precision_native=self.precisions[self.knobs.amp].native,
+            precision_note=self.precisions[self.knobs.amp].note,
             throughput=throughput, accuracy=last.get("test_accuracy"), train_accuracy=last.get("train_accuracy"),
             time_s=self._now(), peak_memory_bytes=devices.peak_memory_bytes(self.device),
             flops_per_image=self.flops_per_image, dense_flops_per_image=self.dense_flops,

@@ -68,4 +68,4 @@ def test_option_lists_match_the_implementations():
     from labkit import augment, optim, precision
     assert set(AUGMENT_PRESETS) == set(augment.PRESETS)
     assert set(OPTIMIZERS) == set(optim.DEFAULT_LR)
-    assert set(AMP_MODES) == {"off", *precision.DTYPES}
+    assert set(AMP_MODES) == {"off", "auto", *precision.DTYPES}  # auto resolves to one of the others
