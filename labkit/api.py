@@ -10,6 +10,7 @@ from .config import RunConfig
 from .events import Listener
 from .progress import ProgressBar
 from .result import RunResult
+from .signals import stop_on_signals
 from .store import Store
 from .train import Trainer
 
@@ -20,7 +21,8 @@ def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | N
 
     `run(batch_size=512)` and `run(RunConfig(batch_size=512))` are the same. A bad setting raises ValueError
     before anything trains. A run that fails (out of memory, a NaN loss) returns with status "failed" and
-    its error; an interrupted one is recorded as "stopped" and the KeyboardInterrupt goes on.
+    its error; one interrupted (Ctrl-C, SIGINT or SIGTERM) is recorded as "stopped" with the signal named, and
+    the KeyboardInterrupt (`labkit.signals.Interrupted` for a signal) goes on.
     `store=False` records nothing."""
     if config is None:
         config = RunConfig()
@@ -28,7 +30,8 @@ def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | N
         config = RunConfig.from_dict(config)
     config = config.replace(**overrides)
     trainer = Trainer(config, listeners=_listeners(store, progress, listeners))
-    return trainer.run()
+    with stop_on_signals():  # SIGTERM too ends the run as "stopped", and the store says so
+        return trainer.run()
 
 
 def _listeners(store, progress: bool, extra: Iterable[Listener]) -> list[Listener]:

@@ -9,8 +9,9 @@ from typing import Any, Callable
 import pandas as pd
 
 from .config import RunConfig, field_help
+from .signals import exit_code, stop_on_signals
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _parser_for(default: Any, annotation: str) -> Callable[[str], Any]:
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs_p = sub.add_parser("runs", help="list recorded runs")
     runs_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
     runs_p.add_argument("--last", type=int, default=20, help="show the last N runs (0: all)")
-    runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped"], default=None)
+    runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped", "interrupted"], default=None)
 
     from . import notebooks  # the lessons' headless runner (papermill); its flags live there
     notebooks.add_arguments(sub.add_parser("notebooks", help="re-run the lesson notebooks and check their figures"))
@@ -66,8 +67,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else EXIT_FAILED
 
 
-RUNS_COLUMNS = ["id", "status", "started", "model", "amp", "batch_size", "augment", "prune", "prune_method",
+RUNS_COLUMNS = ["id", "status", "started", "model", "precision", "batch_size", "augment", "prune", "prune_method",
                 "optimizer", "epochs", "throughput", "accuracy", "time_s", "error"]
+
+
+def _precision(amp, precision, native) -> str:
+    """What a run computed in, marked when emulated; runs stored before labkit recorded it show their amp."""
+    if not isinstance(precision, str):
+        return {"off": "fp32"}.get(amp, amp)
+    emulated = not pd.isna(native) and not bool(native)
+    return f"{precision} (emulated)" if emulated else precision
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -77,6 +86,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if table.empty:
         print("no runs recorded yet: try `labkit run`")
         return 0
+    table["precision"] = [_precision(*row) for row in
+                          table.reindex(columns=["amp", "precision", "precision_native"]).itertuples(index=False)]
     table = table[[c for c in RUNS_COLUMNS if c in table.columns]].copy()
     table["started"] = table["started"].dt.strftime("%Y-%m-%d %H:%M")
     table["throughput"] = table["throughput"].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
@@ -99,13 +110,17 @@ COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "notebooks": _cmd_notebooks}
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        # Installed here, not inherited: a shell's background job starts with SIGINT ignored, and SIGTERM would
+        # otherwise end the process with the run still "running" in the store.
+        with stop_on_signals():
+            return COMMANDS[args.command](args)
     except ValueError as exc:  # a setting the user can fix: one line, no traceback
         print(f"labkit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("labkit: interrupted; the run is recorded as stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = getattr(exc, "signal_name", "Ctrl-C")
+        print(f"labkit: stopped by {what}; a run in progress is recorded as stopped", file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

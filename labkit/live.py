@@ -17,9 +17,16 @@ What each knob means mid-run (each change starts a new measured segment, see `Li
 
 One run trains at a time per device in a kernel: starting a second one while the first trains raises
 RuntimeError saying which run holds the device (stop it, or wait for it).
+
+Signals and exit: an interrupt (Ctrl-C, the kernel's stop button) while `wait()` waits stops the run, and
+SIGTERM or the interpreter's exit stops every live run of the process; each is recorded as "stopped" with the
+reason before the interrupt goes on or the process ends.
 """
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import threading
 import time
 from typing import Any, Iterable
@@ -30,12 +37,50 @@ from . import devices
 from .config import RunConfig
 from .events import Listener, RunEnded, RunStarted
 from .result import RunResult
+from .signals import stop_on_signals
 from .store import Store
 from .train import Controls, Trainer
 
 # The live run training on each device of this kernel (one at a time per device).
 _active: dict[str, "LiveRun"] = {}
 _active_lock = threading.Lock()
+_STOP_WAIT_S = 10.0  # how long a signal or the exit waits for live runs to record that they stopped
+_previous_sigterm = None  # the SIGTERM handler found when the first live run started (None: not installed yet)
+
+
+def _stop_all(reason: str) -> None:
+    """Stop every live run of this process and wait (briefly) until each has recorded its end."""
+    with _active_lock:
+        runs = list(_active.values())
+    for live in runs:
+        live.controls.stop(reason)
+    deadline = time.monotonic() + _STOP_WAIT_S
+    for live in runs:
+        if live._thread is not None:
+            live._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _on_sigterm(signum, frame) -> None:
+    _stop_all("stopped by SIGTERM")
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:  # the default: end the process, as SIGTERM would have
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_signals() -> None:
+    """Once per process, from the main thread: SIGTERM and the interpreter's exit stop the live runs first."""
+    global _previous_sigterm
+    if _previous_sigterm is not None or threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is None:  # installed outside Python: leave it alone
+        return
+    _previous_sigterm = handler
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    atexit.register(_stop_all, "stopped: the Python process exited")
 
 
 class _CheckedControls(Controls):
@@ -106,6 +151,7 @@ class LiveRun:
                 raise RuntimeError(f"a run is already training on {self.device_key} (step {other.step}): "
                                    "stop it with .stop() or wait for it with .wait() before starting another.")
             _active[self.device_key] = self
+            _watch_signals()
             self._thread = threading.Thread(target=self._train, name=f"labkit-live-{self.device_key}", daemon=True)
             self._thread.start()
         return self
@@ -160,14 +206,23 @@ class LiveRun:
     def resume(self) -> None:
         self.controls.resume()
 
-    def stop(self) -> None:
-        """Stop at the next step boundary; the run ends with status "stopped"."""
-        self.controls.stop()
+    def stop(self, reason: str | None = None) -> None:
+        """Stop at the next step boundary; the run ends with status "stopped" (and `reason` as its error)."""
+        self.controls.stop(reason)
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
-        """Wait for the run to end (at most `timeout` seconds); returns the result, or None if still training."""
+        """Wait for the run to end (at most `timeout` seconds); returns the result, or None if still training.
+
+        An interrupt while waiting (Ctrl-C, the kernel's stop button, SIGTERM) stops the run, waits until it has
+        recorded its end, and goes on to the caller."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            try:
+                with stop_on_signals():
+                    self._thread.join(timeout)
+            except KeyboardInterrupt as exc:
+                self.stop(f"interrupted ({getattr(exc, 'signal_name', 'KeyboardInterrupt')})")
+                self._thread.join(_STOP_WAIT_S)
+                raise
         return self.result
 
     def wait_measured(self, timeout: float | None = None) -> bool:

@@ -2,10 +2,17 @@
 
 Each write is a short transaction on its own connection, so several processes and threads can record runs
 at once; SQLite serialises the writers and `busy_timeout` makes them wait instead of failing.
+
+Each run records the host and process that trains it. A process that dies without a word (kill -9, a crash,
+power loss) cannot mark its run; the next time the store is opened on that host, a "running" run whose process
+is gone is marked "interrupted". A process is recognised by its id and start time (and the boot it belongs
+to), so a reused process id is not mistaken for the run's; runs of other hosts are left as they are.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from contextlib import closing
@@ -26,7 +33,10 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,
     info TEXT NOT NULL,
     summary TEXT,
-    error TEXT
+    error TEXT,
+    host TEXT,
+    pid INTEGER,
+    process TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -45,6 +55,33 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+def process_identity(pid: int) -> str:
+    """What tells this process apart from a later one with the same id: the boot and the process's start time
+    (Linux /proc); "" where they cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+        return f"{boot}:{start}"
+    except (OSError, IndexError):
+        return ""
+
+
+def _process_alive(pid: int | None, process: str | None) -> bool:
+    if pid is None:  # recorded before runs kept their process: cannot tell, so never marked
+        return True
+    if process:
+        return process_identity(pid) == process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, default=str, allow_nan=True)
 
@@ -58,6 +95,16 @@ class Store:
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            known = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            for column, kind in (("host", "TEXT"), ("pid", "INTEGER"), ("process", "TEXT")):
+                if column not in known:  # a store written before runs recorded their process
+                    try:
+                        with db:
+                            db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError as exc:  # another process added it first
+                        if "duplicate column" not in str(exc):
+                            raise
+        self.mark_interrupted()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60)
@@ -70,8 +117,25 @@ class Store:
             return cursor.lastrowid
 
     def start_run(self, config: dict, info: dict) -> int:
-        return self._write("INSERT INTO runs (started_at, status, config, info) VALUES (?, 'running', ?, ?)",
-                           [(time.time(), _json(config), _json(info))])
+        pid = os.getpid()
+        return self._write("INSERT INTO runs (started_at, status, config, info, host, pid, process) "
+                           "VALUES (?, 'running', ?, ?, ?, ?, ?)",
+                           [(time.time(), _json(config), _json(info), socket.gethostname(), pid, process_identity(pid))])
+
+    def mark_interrupted(self) -> list[int]:
+        """Mark as "interrupted" the runs of this host still "running" whose process is gone; returns their ids."""
+        host = socket.gethostname()
+        rows = self._query("SELECT id, pid, process FROM runs WHERE status = 'running' AND host = ?", (host,))
+        dead = [(run_id, pid) for run_id, pid, process in rows if not _process_alive(pid, process)]
+        for run_id, pid in dead:
+            error = (f"interrupted: its process (pid {pid} on {host}) ended without finishing the run (killed, "
+                     "crashed or the machine stopped); what it had recorded is kept")
+            self._write("UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? "
+                        "WHERE id = ? AND status = 'running'", [(time.time(), error, run_id)])
+            self._write("INSERT INTO events (run_id, step, time_s, kind, data) "
+                        "SELECT ?, COALESCE(MAX(step), 0), 0.0, 'error', ? FROM metrics WHERE run_id = ?",
+                        [(run_id, _json({"error": error}), run_id)])
+        return [run_id for run_id, _ in dead]
 
     def add_metrics(self, run_id: int, kind: str, rows: list[dict]) -> None:
         if rows:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import labkit
 from labkit import Store
 
 PYTHON_M = [sys.executable, "-m", "labkit"]
@@ -123,7 +124,7 @@ def test_tiny_run_prints_a_summary_and_is_listed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     summary = _summary(proc.stdout)
-    assert summary["status"] == "completed" and summary["device"] == "cpu"
+    assert summary["status"] == "completed" and summary["device"] == "cpu" and summary["precision"] == "fp32"
     throughput = re.fullmatch(r"([\d,]+) img/s", summary["throughput"])
     assert throughput and float(throughput.group(1).replace(",", "")) > 0
     accuracy = re.fullmatch(r"(\d+\.\d\d)%", summary["test accuracy"])
@@ -140,34 +141,83 @@ def test_tiny_run_prints_a_summary_and_is_listed(tmp_path):
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.strip().splitlines()
     assert header.split()[:3] == ["id", "status", "started"] and "throughput" in header and "accuracy" in header
+    assert header.split()[4] == "precision" and rows[0].split()[5] == "fp32"  # "started" is a date and a time
     assert len(rows) == 1
     cells = rows[0].split()
     assert cells[0] == str(run_id) and cells[1] == "completed"
     assert f"{stored['accuracy'].iloc[0]:.3f}" in cells and "128" in cells
 
 
-def test_ctrl_c_stops_the_run_records_it_and_exits_130(tmp_path):
+LONG_RUN = ["run", "--quiet", "--train-size", "512", "--test-size", "64", "--batch-size", "16", "--epochs", "1000",
+            "--width", "4", "--depth", "1"]
+
+
+def _start_training(db: Path, env: dict[str, str], **popen) -> subprocess.Popen:
+    """Start a long CLI run and return once it has finished an epoch (so it is inside the training loop)."""
+    proc = subprocess.Popen(PYTHON_M + LONG_RUN + ["--db", str(db)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            with closing(sqlite3.connect(db, timeout=30)) as conn:
+                try:
+                    if conn.execute("SELECT COUNT(*) FROM metrics JOIN runs ON runs.id = metrics.run_id "
+                                    "WHERE kind = 'epoch' AND status = 'running'").fetchone()[0]:
+                        return proc
+                except sqlite3.OperationalError:  # the file is there, its tables not yet
+                    pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the run did not finish an epoch: {proc.communicate()}")
+
+
+def _ignore_sigint():
+    # What a shell does to a job it starts in the background (`cmd &`), and what nohup inherits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig, code, inherited_ignore", [(signal.SIGINT, 130, False), (signal.SIGINT, 130, True),
+                                                         (signal.SIGTERM, 143, False)],
+                         ids=["SIGINT", "SIGINT-inherited-as-ignored", "SIGTERM"])
+def test_a_signal_stops_the_run_records_it_and_exits_with_its_code(tmp_path, sig, code, inherited_ignore):
     db = tmp_path / "cli.db"
-    proc = subprocess.Popen(PYTHON_M + ["run", "--quiet", "--train-size", "512", "--test-size", "64",
-                                        "--batch-size", "16", "--epochs", "1000", "--width", "4", "--depth", "1",
-                                        "--db", str(db)],
-                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_training(db, _env(tmp_path), preexec_fn=_ignore_sigint if inherited_ignore else None)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline and proc.poll() is None:
-            if db.exists():
-                with closing(sqlite3.connect(db, timeout=30)) as conn:
-                    if conn.execute("SELECT COUNT(*) FROM metrics WHERE kind = 'epoch'").fetchone()[0]:
-                        break  # an epoch is done: the loop is training
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
+        # Opened by another process while the run trains: a live run is never taken for an interrupted one.
+        assert Store(db).runs()["status"].tolist() == ["running"]
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, (out, err)
-    assert "Traceback" not in err and "recorded as stopped" in err
+    name = signal.Signals(sig).name
+    assert proc.returncode == code, (out, err)
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"labkit: stopped by {name}; a run in progress is recorded as stopped"]
     runs = Store(db).runs()
-    assert runs["status"].tolist() == ["stopped"] and "KeyboardInterrupt" in runs["error"].iloc[0]
+    assert runs["status"].tolist() == ["stopped"] and runs["error"].iloc[0] == f"interrupted ({name})"
     assert runs["steps"].iloc[0] >= 32  # at least the first epoch (512 // 16 steps)
+
+
+def test_a_run_killed_without_a_word_shows_as_interrupted(tmp_path):
+    db = tmp_path / "cli.db"
+    done = labkit.run(train_size=128, test_size=64, batch_size=32, width=4, depth=1, epochs=1, progress=False,
+                      store=Store(db))
+    proc = _start_training(db, _env(tmp_path))
+    pid = proc.pid
+    proc.kill()  # SIGKILL: no handler runs, nothing is written
+    proc.communicate(timeout=TIMEOUT)
+    with closing(sqlite3.connect(db)) as conn:  # nothing else has looked at the store yet
+        assert conn.execute("SELECT status FROM runs ORDER BY id").fetchall() == [("completed",), ("running",)]
+
+    runs = Store(db).runs()  # opening the store notices the dead process
+    assert runs["status"].tolist() == ["completed", "interrupted"]
+    assert f"pid {pid}" in runs["error"].iloc[1] and "ended without finishing" in runs["error"].iloc[1]
+    assert runs.iloc[0]["accuracy"] == pytest.approx(done.accuracy)  # the earlier run is untouched
+    store = Store(db)
+    assert len(store.metrics(int(runs["id"].iloc[1]), "epoch")) >= 1  # what it recorded before is kept
+    assert store.events(int(runs["id"].iloc[1]))["kind"].tolist()[-1] == "error"
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    listed = _run(["runs", "--db", str(db), "--status", "interrupted"], _env(tmp_path))
+    assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 2, listed.stdout

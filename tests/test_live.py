@@ -1,4 +1,9 @@
 """LiveRun: knobs changed while a run trains in a background thread, knob by knob, on real (tiny) runs."""
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -233,3 +238,45 @@ def test_a_failure_before_training_starts_is_stored_too(store, tmp_path):
 def test_a_bad_configuration_raises_before_any_thread_starts(store):
     with pytest.raises(ValueError, match="batch_size"):
         LiveRun(RunConfig(**SMALL), store=store, batch_size=0)
+
+
+# ---- signals: a live run trains in a thread, which signals never reach -----------------------------------------
+def test_an_interrupt_while_waiting_stops_the_run_and_goes_on(started, store):
+    live = started()
+    advance(live)
+    timer = threading.Timer(0.3, signal.raise_signal, (signal.SIGINT,))  # Ctrl-C, or the kernel's stop button
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        live.wait(60)
+    timer.join()
+    assert live.result.status == "stopped" and live.result.error == "interrupted (SIGINT)"
+    assert store.runs()["status"].tolist() == ["stopped"]
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from labkit import LiveRun, RunConfig, Store
+live = LiveRun(RunConfig(**{config!r}), store=Store(sys.argv[1])).start()
+while live.step < 5:
+    time.sleep(0.05)
+print("training", flush=True)
+time.sleep(300)  # the main thread is idle, as a notebook's is between cells
+"""
+
+
+def test_sigterm_stops_the_live_runs_records_them_and_still_ends_the_process(tmp_path):
+    db = tmp_path / "runs.db"
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT.format(config=SMALL), str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline() == "training\n", proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM  # ended as SIGTERM asks, after the run recorded its end
+    runs = Store(db).runs()
+    assert runs["status"].tolist() == ["stopped"] and runs["error"].tolist() == ["stopped by SIGTERM"]
+    assert runs["steps"].iloc[0] >= 5

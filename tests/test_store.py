@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import sqlite3
 from contextlib import closing
@@ -54,6 +55,32 @@ def test_schema_and_wal_mode(tmp_path):
     assert _rows(store.path, "PRAGMA journal_mode") == [("wal",)]
     Store(store.path)  # opening again keeps what is there
     assert _rows(store.path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_a_store_written_before_runs_kept_their_process_is_upgraded(tmp_path):
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as db, db:  # the round-1 schema, with a run that never ended
+        db.executescript("""CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL,
+            ended_at REAL, status TEXT NOT NULL, config TEXT NOT NULL, info TEXT NOT NULL, summary TEXT, error TEXT);
+            INSERT INTO runs (started_at, status, config, info) VALUES (1.0, 'running', '{}', '{}');""")
+    store = Store(path)
+    assert {"host", "pid", "process"} <= {r[1] for r in _rows(path, "PRAGMA table_info(runs)")}
+    assert _rows(path, "SELECT status FROM runs") == [("running",)]  # no process recorded: cannot tell, left alone
+    run_id = store.start_run({}, {})
+    assert _rows(path, "SELECT pid FROM runs WHERE id = ?", (run_id,)) == [(os.getpid(),)]
+
+
+def test_only_runs_whose_process_is_gone_are_marked_interrupted(tmp_path):
+    store = Store(tmp_path / "x.db")
+    mine = store.start_run({}, {})  # this process: alive
+    reused = store.start_run({}, {})  # this pid, but an earlier process that had it (another start time)
+    elsewhere = store.start_run({}, {})  # another machine's run: this host cannot see its process
+    with closing(sqlite3.connect(store.path)) as db, db:
+        db.execute("UPDATE runs SET process = 'an-earlier-boot:1' WHERE id = ?", (reused,))
+        db.execute("UPDATE runs SET host = 'another-host', process = 'x:1' WHERE id = ?", (elsewhere,))
+    assert Store(store.path).mark_interrupted() == []  # already marked when Store() opened it
+    status = dict(_rows(store.path, "SELECT id, status FROM runs"))
+    assert status == {mine: "running", reused: "interrupted", elsewhere: "running"}
 
 
 def test_store_path_from_labkit_db(tmp_path, monkeypatch):
