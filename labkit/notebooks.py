@@ -143,9 +143,11 @@ def execute(path: Path, output: Path, parameters: dict[str, Any], kernel_name: s
     start = time.perf_counter()
     error = None
     try:
+        # store_widget_state=False: the state of every FigureWidget carries its own copy of plotly.js (about
+        # 5 MB each); executed copies keep the figures' static outputs and stay small enough to share.
         papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name=kernel_name,
                                    cwd=str(path.parent), progress_bar=False, log_output=False,
-                                   execution_timeout=timeout)
+                                   execution_timeout=timeout, store_widget_state=False)
     except PapermillExecutionError as exc:
         error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
     except Exception as exc:  # noqa: BLE001 - a kernel that died, a timeout: reported per notebook

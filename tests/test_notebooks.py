@@ -114,6 +114,9 @@ def test_notebook_runs_and_meets_baselines(path, tmp_path):
     executed = nbformat.read(run.output, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # small enough to share: no widget state (each FigureWidget's carries plotly.js), no plotly.js per figure
+    size = run.output.stat().st_size
+    assert "widgets" not in executed.metadata and size <= 2 * 2**20, f"{path.name}: {size / 2**20:.1f} MB"
     # every loss a notebook records is finite (non-finite values are recorded as null)
     losses = {k: v for k, v in run.figures.items() if "loss" in k}
     assert all(isinstance(v, (int, float)) for v in losses.values()), losses
