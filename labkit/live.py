@@ -56,8 +56,7 @@ def _stop_all(reason: str) -> None:
         live.controls.stop(reason)
     deadline = time.monotonic() + _STOP_WAIT_S
     for live in runs:
-        if live._thread is not None:
-            live._thread.join(max(0.0, deadline - time.monotonic()))
+        live._finished.wait(max(0.0, deadline - time.monotonic()))
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -139,6 +138,9 @@ class LiveRun:
         self._result: RunResult | None = None
         self._started = self._ended = False
         self._thread: threading.Thread | None = None
+        # Set when the training thread is done. Waiting on it rather than on Thread.join: a join interrupted by
+        # a signal makes Python 3.11 take a live thread for a finished one (CPython gh-90882).
+        self._finished = threading.Event()
 
     # ---- life cycle ----------------------------------------------------------------------------------------
     def start(self) -> "LiveRun":
@@ -168,6 +170,7 @@ class LiveRun:
             with _active_lock:
                 if _active.get(self.device_key) is self:
                     del _active[self.device_key]
+            self._finished.set()
 
     def _report_early_failure(self, exc: BaseException) -> None:
         result = RunResult(status="failed", config=self.config, error=f"{type(exc).__name__}: {exc}",
@@ -216,12 +219,16 @@ class LiveRun:
         An interrupt while waiting (Ctrl-C, the kernel's stop button, SIGTERM) stops the run, waits until it has
         recorded its end, and goes on to the caller."""
         if self._thread is not None:
+            end = None if timeout is None else time.monotonic() + timeout
             try:
                 with stop_on_signals():
-                    self._thread.join(timeout)
+                    # Short waits: a signal that the OS handed to another thread (the training thread) is only
+                    # acted on when the main thread runs Python again.
+                    while not self._finished.is_set() and (end is None or time.monotonic() < end):
+                        self._finished.wait(0.1 if end is None else min(0.1, max(0.0, end - time.monotonic())))
             except KeyboardInterrupt as exc:
                 self.stop(f"interrupted ({getattr(exc, 'signal_name', 'KeyboardInterrupt')})")
-                self._thread.join(_STOP_WAIT_S)
+                self._finished.wait(_STOP_WAIT_S)
                 raise
         return self.result
 
@@ -239,7 +246,7 @@ class LiveRun:
     # ---- what it is doing ----------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and not self._finished.is_set()
 
     @property
     def result(self) -> RunResult | None:

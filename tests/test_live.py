@@ -244,7 +244,8 @@ def test_a_bad_configuration_raises_before_any_thread_starts(store):
 def test_an_interrupt_while_waiting_stops_the_run_and_goes_on(started, store):
     live = started()
     advance(live)
-    timer = threading.Timer(0.3, signal.raise_signal, (signal.SIGINT,))  # Ctrl-C, or the kernel's stop button
+    # Ctrl-C, or the kernel's stop button: sent to the process, so any of its threads may receive it
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         live.wait(60)
