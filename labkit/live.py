@@ -107,9 +107,9 @@ class _CheckedControls(Controls):
         if not changes:
             return changes
         trainer = self._trainer_of()
-        changes = {k: v for k, v in changes.items() if getattr(trainer.knobs, k) != v}
         try:
-            trainer.check_change(changes)
+            new = trainer.check_change(changes)  # resolved: amp="auto" is the mode it stands for
+            changes = {k: getattr(new, k) for k in changes if getattr(new, k) != getattr(trainer.knobs, k)}
         except ValueError as exc:
             self.rejected.append(str(exc))
             changes = {}

@@ -281,3 +281,17 @@ def test_sigterm_stops_the_live_runs_records_them_and_still_ends_the_process(tmp
     runs = Store(db).runs()
     assert runs["status"].tolist() == ["stopped"] and runs["error"].tolist() == ["stopped by SIGTERM"]
     assert runs["steps"].iloc[0] >= 5
+
+
+def test_auto_is_resolved_and_setting_what_is_in_force_starts_no_segment(started):
+    from labkit import devices
+
+    resolved = devices.resolve_amp("auto", torch.device("cpu"))
+    live = started(amp="auto")
+    assert live.knobs.amp == resolved and live.config.amp == "auto"
+    advance(live)
+    live.set(amp="auto", augment="none")
+    wait_segments(live, 2)
+    advance(live)
+    seg = live.segments
+    assert len(seg) == 2 and list(seg["amp"]) == [resolved, resolved] and list(seg["augment"]) == ["flip-crop", "none"]
