@@ -6,8 +6,6 @@ import dataclasses
 import sys
 from typing import Any, Callable
 
-import pandas as pd
-
 from .config import RunConfig, field_help
 from .signals import exit_code, stop_on_signals
 
@@ -73,6 +71,8 @@ RUNS_COLUMNS = ["id", "status", "started", "model", "precision", "batch_size", "
 
 def _precision(amp, precision, native) -> str:
     """What a run computed in, marked when emulated; runs stored before labkit recorded it show their amp."""
+    import pandas as pd
+
     if not isinstance(precision, str):
         return {"off": "fp32"}.get(amp, amp)
     emulated = not pd.isna(native) and not bool(native)
@@ -80,6 +80,8 @@ def _precision(amp, precision, native) -> str:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from .api import runs
 
     table = runs(args.db, status=args.status, last=args.last or None)

@@ -244,17 +244,9 @@ def reference(topic: str) -> pd.DataFrame:
 
 # ---- the exercise with the panel -------------------------------------------------------------------------------
 def panel(**settings: Any):
-    """The interactive lab panel preset to `settings`, for a lesson's exercise. Showing it trains nothing: a run
-    starts when you press Run (so a headless re-run of the lesson never waits on it). Returns the labkit.Lab,
-    or None, after saying how to try the same from Python, where this labkit has no panel."""
-    import labkit
-
+    """The interactive lab panel (a labkit.Lab) preset to `settings`, for a lesson's exercise. Showing it trains
+    nothing: a run starts when you press Run, so a headless re-run of the lesson never waits on it."""
     from .config import RunConfig
+    from .lab import Lab
 
-    lab_class = getattr(labkit, "Lab", None)
-    if lab_class is None:
-        knobs = ", ".join(f"{k}={v!r}" for k, v in settings.items())
-        print("The lab panel (labkit.Lab) is not in this version of labkit; try the same from Python:\n"
-              f"    labkit.run({knobs})")
-        return None
-    return lab_class(RunConfig(**settings))
+    return Lab(RunConfig(**settings))

@@ -23,10 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import nbformat
-
-from .lessons import read_metrics
-
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NOTEBOOKS = ROOT / "notebooks"
@@ -162,6 +158,10 @@ def run_notebook(path: str | Path, spec: dict[str, Any], out_dir: str | Path = D
 
     The baselines are the notebook's entry in `spec`, else its entry in `baselines` (another spec, e.g. the CI
     file when `spec` holds full-size parameters only). A notebook in neither is reported as "no-baseline"."""
+    import nbformat
+
+    from .lessons import read_metrics
+
     path = Path(path)
     name = path.stem
     out_dir = Path(out_dir)
@@ -265,6 +265,8 @@ def strip_outputs(nb, keep_checked: bool = True):
 def update_references(executed: str | Path, source: str | Path) -> int:
     """Copy the outputs of the checked cells of an executed copy into the source notebook (matching cells by
     id, else by source text) and clear every other output. Returns the number of cells updated."""
+    import nbformat
+
     run = nbformat.read(executed, as_version=4)
     nb = nbformat.read(source, as_version=4)
     by_id = {c.get("id"): c for c in run.cells}

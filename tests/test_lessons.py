@@ -112,22 +112,11 @@ def test_sweep_with_labelled_settings():
     assert table.set_index("setting").loc["dense", "sparsity"] == 0.0
 
 
-def test_panel_is_built_without_training(monkeypatch):
-    made = []
-
-    class FakeLab:
-        def __init__(self, config):
-            made.append(config)
-
-    monkeypatch.setattr(labkit, "Lab", FakeLab, raising=False)
-    lab = lessons.panel(amp="bf16", batch_size=64)
-    assert isinstance(lab, FakeLab) and made[0].amp == "bf16" and made[0].batch_size == 64
-
-
-def test_panel_without_a_lab_says_what_to_run(monkeypatch, capsys):
-    monkeypatch.delattr(labkit, "Lab", raising=False)
-    assert lessons.panel(amp="bf16") is None
-    assert "labkit.run(amp='bf16')" in capsys.readouterr().out
+def test_panel_is_a_lab_preset_to_the_settings_that_trains_nothing_yet():
+    lab = lessons.panel(amp="fp16", batch_size=64, train_size=512, epochs=3)
+    assert isinstance(lab, labkit.Lab) and lab.run is None and "ready" in lab.status.value
+    c = lab.config
+    assert (c.amp, c.batch_size, c.train_size, c.epochs) == ("fp16", 64, 512, 3)
 
 
 # ---- baselines ---------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The set-up stays true: pins agree across files, CI runs the README's command, the README lists every knob."""
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -45,3 +47,15 @@ def test_readme_table_lists_every_knob():
     readme = (ROOT / "README.md").read_text()
     for name in field_names():
         assert f"`{name}`" in readme, f"README's knob table misses {name}"
+
+
+def test_import_and_help_stay_light():
+    """`import labkit` and `labkit --help` load neither torch nor the widget and chart stacks (they load on use)."""
+    heavy = ("torch", "plotly", "ipywidgets", "pandas", "nbformat")
+    probe = ("import sys, labkit; from labkit.cli import build_parser; build_parser().format_help(); "
+             f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    probe = "import labkit; print(labkit.RunConfig().amp, labkit.run.__module__, labkit.lessons.__name__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["off", "labkit.api", "labkit.lessons"]  # every public name still resolves
