@@ -156,6 +156,10 @@ def _start_training(db: Path, env: dict[str, str], **popen) -> subprocess.Popen:
     """Start a long CLI run and return once it has finished an epoch (so it is inside the training loop)."""
     proc = subprocess.Popen(PYTHON_M + LONG_RUN + ["--db", str(db)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
+    return _wait_for_an_epoch(db, proc)
+
+
+def _wait_for_an_epoch(db: Path, proc: subprocess.Popen) -> subprocess.Popen:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and proc.poll() is None:
         if db.exists():
@@ -221,3 +225,22 @@ def test_a_run_killed_without_a_word_shows_as_interrupted(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     listed = _run(["runs", "--db", str(db), "--status", "interrupted"], _env(tmp_path))
     assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 2, listed.stdout
+
+
+def test_sigterm_stops_labkit_run_called_from_python(tmp_path):
+    """A script (or a batch job) that calls labkit.run: SIGTERM ends the run as stopped, then the script."""
+    db = tmp_path / "api.db"
+    script = ("import labkit; labkit.run(train_size=512, test_size=64, batch_size=16, epochs=1000, width=4, depth=1, "
+              f"progress=False, store={str(db)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_an_epoch(db, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "labkit.signals.Interrupted: stopped by SIGTERM" in err  # it goes on
+    runs = Store(db).runs()
+    assert runs["status"].tolist() == ["stopped"] and runs["error"].tolist() == ["interrupted (SIGTERM)"]
