@@ -237,7 +237,8 @@ class LiveRun:
         warm-up and one logged interval are done). False if the run ended or `timeout` passed first."""
         end = None if timeout is None else time.monotonic() + timeout
         while self.running and (end is None or time.monotonic() < end):
-            rows = getattr(self.trainer, "segment_rows", [])
+            meter = getattr(self.trainer, "meter", None)  # made when the run sets up
+            rows = meter.segments if meter is not None else []
             if rows and rows[-1]["throughput"] is not None and not self.controls.has_pending():
                 return True
             time.sleep(0.05)
@@ -282,7 +283,8 @@ class LiveRun:
     @property
     def segments(self) -> pd.DataFrame:
         """One row per segment: the knob values, first and last step, start and end time, throughput."""
-        return pd.DataFrame([dict(row) for row in list(getattr(self.trainer, "segment_rows", []))])
+        meter = getattr(self.trainer, "meter", None)
+        return pd.DataFrame([dict(row) for row in list(meter.segments if meter is not None else [])])
 
     @property
     def history(self) -> pd.DataFrame:

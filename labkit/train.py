@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from . import data as data_mod, devices, models, optim, precision, pruning
 from .config import LIVE_KNOBS, RunConfig
 from .events import EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
+from .measure import Meter
 from .result import RunResult
 
 
@@ -174,16 +175,13 @@ class Trainer:
         self.marks.append((data_start, compute_start, self.clock.mark()))
         self.losses.append(loss.detach())
         self.step += 1
-        self.segment_steps += 1
         self.images_seen += len(labels)
-        self.interval_images += len(labels)
+        self.meter.step(len(labels))
         optim.set_lr(self.optimizer, self._peak_lr() * self._lr_factor())
 
     def _between_steps(self) -> None:
         """The step boundary: log, then apply what is due (scheduled pruning, live changes, pause, stop)."""
-        warm = self.config.timing_warmup
-        if self.segment_steps == warm or (self.segment_steps > warm and
-                                          (self.segment_steps - warm) % self.config.log_every == 0):
+        if self.meter.log_due():
             self._log()
         changes = {}
         if self.prune_due and self._progress() >= self.config.prune_at:
@@ -237,22 +235,17 @@ class Trainer:
                              if getattr(old, k) != getattr(new, k)})
 
     def _start_segment(self, changes: dict[str, tuple[Any, Any]]) -> None:
-        self.segment = len(self.segment_rows)
-        self.segment_steps = 0
         knobs = {k: getattr(self.knobs, k) for k in LIVE_KNOBS}
-        self.segment_rows.append({"segment": self.segment, **knobs, "start_step": self.step, "end_step": self.step,
-                                  "start_s": self._now(), "end_s": self._now(), "timed_images": 0,
-                                  "timed_s": 0.0, "data_s": 0.0, "compute_s": 0.0, "throughput": None,
-                                  "flops_per_image": self.flops_per_image})
-        self._restart_interval()
+        devices.synchronize(self.device)
+        self.segment = self.meter.start_segment({**knobs, "flops_per_image": self.flops_per_image}, self.step,
+                                                self._now(), time.perf_counter())
+        self.marks, self.losses = [], []
         self._emit(SegmentStarted(self.segment, self.step, self._now(), knobs, changes))
 
-    # ---- measurement ---------------------------------------------------------------------------------------
+    # ---- measurement (the accounting is labkit.measure.Meter's) --------------------------------------------
     def _restart_interval(self) -> None:
         devices.synchronize(self.device)
-        self.interval_start = time.perf_counter()
-        self.interval_start_step = self.segment_steps
-        self.interval_images = 0
+        self.meter.restart(time.perf_counter())
         self.marks, self.losses = [], []
 
     def _log(self) -> None:
@@ -262,31 +255,20 @@ class Trainer:
         losses = torch.stack(self.losses).float().tolist()  # one sync for the whole interval
         devices.synchronize(self.device)
         now = time.perf_counter()
-        seconds = now - self.interval_start
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
             raise NonFiniteLoss(self._non_finite_message(self.step - len(losses) + bad[0] + 1, losses[bad[0]]))
         data_s = sum(self.clock.seconds(a, b) for a, b, _ in self.marks)
         compute_s = sum(self.clock.seconds(b, c) for _, b, c in self.marks)
-        timed = self.interval_start_step >= self.config.timing_warmup
-        seg = self.segment_rows[-1]
-        seg.update(end_step=self.step, end_s=self._now())
-        if timed:
-            seg["timed_images"] += self.interval_images
-            seg["timed_s"] += seconds
-            seg["data_s"] += data_s
-            seg["compute_s"] += compute_s
-            seg["throughput"] = seg["timed_images"] / seg["timed_s"]
+        # The next interval starts at `now`, so the time listeners take below counts against training throughput.
+        throughput = self.meter.close(now, self.step, self._now(), data_s, compute_s)
+        self.marks, self.losses = [], []
         row = Logged(step=self.step, epoch=self.epoch, segment=self.segment, time_s=self._now(),
                      loss=sum(losses) / len(losses), lr=self.optimizer.param_groups[0]["lr"],
-                     batch_size=self.knobs.batch_size,
-                     throughput=self.interval_images / seconds if timed else None,
+                     batch_size=self.knobs.batch_size, throughput=throughput,
                      data_s=data_s, compute_s=compute_s, loss_scale=precision.scale_of(self.scaler),
                      skipped_steps=self.step - self.optimizer_steps)
         self.history_rows.append({k: v for k, v in vars(row).items() if k != "kind"})
-        # The next interval starts now, so the time listeners take below counts against training throughput.
-        self.interval_start, self.interval_start_step = now, self.segment_steps
-        self.interval_images, self.marks, self.losses = 0, [], []
         self._emit(row)
 
     def _evaluate(self, epoch_time_s: float) -> None:
@@ -343,7 +325,8 @@ class Trainer:
         self.total_images = cfg.epochs * steps_per_epoch * cfg.batch_size
         self.images_seen = 0
         self.clock = _Clock(self.device)
-        self.history_rows, self.epochs_rows, self.segment_rows = [], [], []
+        self.history_rows, self.epochs_rows = [], []
+        self.meter = Meter(cfg.timing_warmup, cfg.log_every)
         self.info = {**devices.describe(self.device), "dataset_classes": self.data.num_classes,
                      "native_precisions": [m for m, p in self.precisions.items() if p.native],
                      "train_images": len(self.train_batches), "test_images": len(self.test_batches),
@@ -389,10 +372,8 @@ class Trainer:
         return f"{type(exc).__name__}: {exc}"
 
     def _result(self, status: str, error: str | None) -> RunResult:
-        segments = pd.DataFrame(self.segment_rows)
-        timed_images = sum(s["timed_images"] for s in self.segment_rows)
-        timed_s = sum(s["timed_s"] for s in self.segment_rows)
-        throughput = timed_images / timed_s if timed_s > 0 else None
+        totals = self.meter.totals()
+        throughput = totals["throughput"]
         peak = devices.peak_flops(self.device, self.knobs.amp)
         last = self.epochs_rows[-1] if self.epochs_rows else {}
         return RunResult(
@@ -407,9 +388,8 @@ class Trainer:
             mfu=3 * self.flops_per_image * throughput / peak if peak and throughput else None,
             steps=self.step, loss_scale=precision.scale_of(self.scaler),
             skipped_steps=self.step - self.optimizer_steps,
-            data_time_s=sum(s["data_s"] for s in self.segment_rows),
-            compute_time_s=sum(s["compute_s"] for s in self.segment_rows),
-            history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows), segments=segments)
+            data_time_s=totals["data_s"], compute_time_s=totals["compute_s"],
+            history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows), segments=pd.DataFrame(self.meter.segments))
 
     def _release_memory(self) -> None:
         """Drop what the run held on the device, so the kernel can start the next run (after an OOM too)."""
