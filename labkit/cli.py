@@ -73,8 +73,10 @@ def _precision(amp, precision, native) -> str:
     """What a run computed in, marked when emulated; runs stored before labkit recorded it show their amp."""
     import pandas as pd
 
+    from .devices import AMP_DTYPE_NAMES
+
     if not isinstance(precision, str):
-        return {"off": "fp32"}.get(amp, amp)
+        return AMP_DTYPE_NAMES.get(amp, amp)
     emulated = not pd.isna(native) and not bool(native)
     return f"{precision} (emulated)" if emulated else precision
 

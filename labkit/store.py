@@ -120,7 +120,8 @@ class Store:
         pid = os.getpid()
         return self._write("INSERT INTO runs (started_at, status, config, info, host, pid, process) "
                            "VALUES (?, 'running', ?, ?, ?, ?, ?)",
-                           [(time.time(), _json(config), _json(info), socket.gethostname(), pid, process_identity(pid))])
+                           [(time.time(), _json(config), _json(info), socket.gethostname(), pid,
+                             process_identity(pid))])
 
     def mark_interrupted(self) -> list[int]:
         """Mark as "interrupted" the runs of this host still "running" whose process is gone; returns their ids."""

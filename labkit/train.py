@@ -61,7 +61,8 @@ class Controls:
 
     def stop(self, reason: str | None = None) -> None:
         """Stop at the next step boundary; `reason` (e.g. "stopped by SIGTERM") is recorded as the run's error."""
-        self.stop_reason = self.stop_reason if self.stop_reason is not None else reason
+        if self.stop_reason is None:  # the first reason given is the one recorded
+            self.stop_reason = reason
         self._stop.set()
         self._resumed.set()  # a paused run must wake up to stop
 
@@ -376,10 +377,10 @@ class Trainer:
         throughput = totals["throughput"]
         peak = devices.peak_flops(self.device, self.knobs.amp)
         last = self.epochs_rows[-1] if self.epochs_rows else {}
+        used = self.precisions[self.knobs.amp]
         return RunResult(
             status=status, config=self.config, error=error, device=str(self.device),
-            precision=devices.AMP_DTYPE_NAMES[self.knobs.amp], precision_native=self.precisions[self.knobs.amp].native,
-            precision_note=self.precisions[self.knobs.amp].note,
+            precision=devices.AMP_DTYPE_NAMES[used.mode], precision_native=used.native, precision_note=used.note,
             throughput=throughput, accuracy=last.get("test_accuracy"), train_accuracy=last.get("train_accuracy"),
             time_s=self._now(), peak_memory_bytes=devices.peak_memory_bytes(self.device),
             flops_per_image=self.flops_per_image, dense_flops_per_image=self.dense_flops,
@@ -389,7 +390,8 @@ class Trainer:
             steps=self.step, loss_scale=precision.scale_of(self.scaler),
             skipped_steps=self.step - self.optimizer_steps,
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"],
-            history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows), segments=pd.DataFrame(self.meter.segments))
+            history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
+            segments=pd.DataFrame(self.meter.segments))
 
     def _release_memory(self) -> None:
         """Drop what the run held on the device, so the kernel can start the next run (after an OOM too)."""
