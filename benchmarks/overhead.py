@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import labkit
-from labkit import data as data_mod, devices, models, optim, precision
+from labkit import data as data_mod, devices, models
+from labkit.techniques import optimizers, precision
 
 
 def bare_loop(config: labkit.RunConfig, device: torch.device, warmup: int) -> float:
@@ -29,8 +30,8 @@ def bare_loop(config: labkit.RunConfig, device: torch.device, warmup: int) -> fl
     images, labels = data.train.images.to(device), data.train.labels.to(device)
     mean, std = data.mean.to(device).view(1, -1, 1, 1), data.std.to(device).view(1, -1, 1, 1)
     model = models.build(config.model, data.num_classes, 3, config.width, config.depth).to(device)
-    opt = optim.build_optimizer(config.optimizer, model.parameters(), optim.default_lr(config.optimizer),
-                                config.weight_decay, config.momentum)
+    opt = optimizers.build(config.optimizer, [{"params": model.parameters()}], optimizers.default_lr(config.optimizer),
+                           config.weight_decay, config.momentum)
     scaler = precision.make_scaler(device, config.amp)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     order = torch.randperm(len(labels), device=device, generator=gen)

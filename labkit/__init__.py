@@ -1,4 +1,4 @@
-"""labkit: a Jupyter-first lab for training efficiency (AMP, batch size, augmentation, pruning, optimizers).
+"""labkit: a Jupyter-first lab for training efficiency: techniques you switch on a live run, measured side by side.
 
 The names below load on first use: `import labkit` (and `labkit --help`) stays light, and torch, the widgets
 (ipywidgets) and the charts (plotly) are imported only by what needs them.
@@ -17,11 +17,11 @@ _EXPORTS = {
     "Trainer": ("train", "Trainer"),
     "Controls": ("train", "Controls"),
     "LiveRun": ("live", "LiveRun"),
-    "Lab": ("lab", "Lab"),
+    "Lab": ("lab.panel", "Lab"),
     "run": ("api", "run"),
     "runs": ("api", "runs"),
     "record": ("lessons", "record"),
-    "plots": ("plots", None),
+    "plots": ("lab.plots", None),
 }
 
 __all__ = list(_EXPORTS)

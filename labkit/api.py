@@ -8,7 +8,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .events import Listener
-from .progress import ProgressBar
+from .lab.progress import ProgressBar
 from .result import RunResult
 from .signals import stop_on_signals
 from .store import Store

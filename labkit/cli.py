@@ -2,37 +2,41 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Any, Callable
 
-from .config import RunConfig, field_help
+from .config import COLUMNS, KNOBS, RunConfig
+from .techniques.base import Allowed
 from .signals import exit_code, stop_on_signals
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-def _parser_for(default: Any, annotation: str) -> Callable[[str], Any]:
-    """Parse a flag's text by the field's type; 'none' gives None where the field allows it."""
-    base = int if "int" in annotation else float if "float" in annotation else str
-    optional = "None" in annotation
+_BOOLEANS = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
 
+
+def _parser_for(allowed: Allowed) -> Callable[[str], Any]:
+    """Parse a flag's text as the knob declares (int, float, bool or str); 'none' gives None where allowed."""
     def parse(text: str) -> Any:
-        if optional and text.lower() == "none":
+        if allowed.optional and text.lower() == "none":
             return None
+        if allowed.parse is bool:
+            if text.lower() not in _BOOLEANS:
+                raise argparse.ArgumentTypeError(f"{text!r} is not on/off (or true/false)")
+            return _BOOLEANS[text.lower()]
         try:
-            return base(text)
+            return allowed.parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if base is int else 'a number'}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if allowed.parse is int else 'a number'}")
     return parse
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
     group = parser.add_argument_group("run configuration (RunConfig fields)")
-    for name, (default, help_text, _) in field_help().items():
-        group.add_argument("--" + name.replace("_", "-"), dest=name, default=default, metavar=name.upper(),
-                           type=_parser_for(default, types[name]), help=f"{help_text} (default: {default})")
+    for knob in KNOBS:
+        group.add_argument("--" + knob.name.replace("_", "-"), dest=knob.name, default=knob.default,
+                           metavar=knob.name.upper(), type=_parser_for(knob.allowed),
+                           help=f"{knob.help}; {knob.allowed.text} (default: {knob.default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,23 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     runs_p.add_argument("--last", type=int, default=20, help="show the last N runs (0: all)")
     runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped", "interrupted"], default=None)
 
-    from . import notebooks  # the lessons' headless runner (papermill); its flags live there
-    notebooks.add_arguments(sub.add_parser("notebooks", help="re-run the lesson notebooks and check their figures"))
+    sub.add_parser("knobs", help="print the table of knobs (Markdown): defaults, allowed values, mid-run changes")
+
+    from .lessons import runner  # the lessons' headless runner (papermill); its flags live there
+    runner.add_arguments(sub.add_parser("notebooks", help="re-run the lesson notebooks and check their figures"))
     return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .api import run  # torch loads here, not for --help
 
-    config = RunConfig(**{name: getattr(args, name) for name in field_help()})
+    config = RunConfig(**{knob.name: getattr(args, knob.name) for knob in KNOBS})
     store = False if args.no_store else args.db
     result = run(config, store=store, progress=not args.quiet)
     print(result.summary())
     return 0 if result.status == "completed" else EXIT_FAILED
 
 
-RUNS_COLUMNS = ["id", "status", "started", "model", "precision", "batch_size", "augment", "prune", "prune_method",
-                "optimizer", "epochs", "throughput", "accuracy", "time_s", "error"]
+# The knobs come from their declarations (labkit.config.COLUMNS); amp shows as the precision it computed in.
+RUNS_COLUMNS = ["id", "status", "started", *[("precision" if k == "amp" else k) for k in COLUMNS],
+                "throughput", "accuracy", "time_s", "error"]
 
 
 def _precision(amp, precision, native) -> str:
@@ -98,17 +105,25 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     table["accuracy"] = table["accuracy"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
     table["time_s"] = table["time_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
     table["error"] = table["error"].fillna("")
+    table = table.astype(object).where(table.notna(), "-")  # a knob added after a run was stored
     print(table.to_string(index=False))
     return 0
 
 
 def _cmd_notebooks(args: argparse.Namespace) -> int:
-    from . import notebooks
+    from .lessons import runner
 
-    return notebooks.command(args)
+    return runner.command(args)
 
 
-COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "notebooks": _cmd_notebooks}
+def _cmd_knobs(args: argparse.Namespace) -> int:
+    from .config import knob_table
+
+    print(knob_table())
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "knobs": _cmd_knobs, "notebooks": _cmd_notebooks}
 
 
 def main(argv: list[str] | None = None) -> int:

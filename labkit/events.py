@@ -31,6 +31,7 @@ class Logged:
     compute_s: float  # time spent in forward, backward and the optimizer step
     loss_scale: float | None  # fp16's GradScaler scale, else None
     skipped_steps: int  # optimizer steps skipped by the GradScaler so far
+    grad_accum: int = 1  # micro-batches per step: the step's images are batch_size x grad_accum
     kind: str = "logged"
 
 
@@ -47,6 +48,17 @@ class SegmentStarted:
     @property
     def label(self) -> str:
         return ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in self.changes.items()) or "start"
+
+
+@dataclass
+class ChangeDropped:
+    """A mid-run change accepted when requested but invalid by the time the loop got to it (an earlier change
+    was applied in between, e.g. prune=0.3 requested, then prune=0.5 applied): the run goes on without it."""
+    step: int
+    time_s: float
+    changes: dict[str, Any]
+    reason: str
+    kind: str = "change_dropped"
 
 
 @dataclass
@@ -68,5 +80,5 @@ class RunEnded:
     kind: str = "run_ended"
 
 
-Event = RunStarted | Logged | SegmentStarted | EpochEnded | RunEnded
+Event = RunStarted | Logged | SegmentStarted | ChangeDropped | EpochEnded | RunEnded
 Listener = Callable[[Event], None]

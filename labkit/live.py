@@ -33,9 +33,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import devices
 from .config import RunConfig
-from .events import Listener, RunEnded, RunStarted
+from .events import Listener
 from .result import RunResult
 from .signals import stop_on_signals
 from .store import Store
@@ -82,41 +81,6 @@ def _watch_signals() -> None:
     atexit.register(_stop_all, "stopped: the Python process exited")
 
 
-class _CheckedControls(Controls):
-    """Controls whose changes are checked again at the step boundary, right before the loop applies them.
-
-    `LiveRun.set` checks each change when it is made, but an earlier change may be applied in between (e.g.
-    prune=0.5 applied, then a pending prune=0.3 would lower it). Such a change is dropped and kept in
-    `rejected` instead of failing the run. Values equal to those in force are dropped: no empty segments."""
-
-    def __init__(self, trainer_of):
-        super().__init__()
-        self._trainer_of = trainer_of
-        self.rejected: list[str] = []
-        self.applying = False  # changes taken by the loop whose segment has not started yet
-
-    def has_pending(self) -> bool:
-        """True from a request until its segment has started (or it was dropped)."""
-        with self._lock:
-            return bool(self._pending) or self.applying
-
-    def take(self) -> dict[str, Any]:
-        with self._lock:
-            changes, self._pending = self._pending, {}
-            self.applying = bool(changes)  # until LiveRun hears SegmentStarted
-        if not changes:
-            return changes
-        trainer = self._trainer_of()
-        try:
-            new = trainer.check_change(changes)  # resolved: amp="auto" is the mode it stands for
-            changes = {k: getattr(new, k) for k in changes if getattr(new, k) != getattr(trainer.knobs, k)}
-        except ValueError as exc:
-            self.rejected.append(str(exc))
-            changes = {}
-        self.applying = bool(changes)
-        return changes
-
-
 class LiveRun:
     """A run training in a background thread whose knobs can change while it trains (see the module doc)."""
 
@@ -127,7 +91,7 @@ class LiveRun:
         elif isinstance(config, dict):
             config = RunConfig.from_dict(config)
         self.config = config.replace(**overrides).validate()
-        self.controls = _CheckedControls(lambda: self.trainer)
+        self.controls = Controls()
         recorder = [] if store is False else [(store if isinstance(store, Store) else Store(store)).recorder()]
         self._recorder = recorder[0] if recorder else None
         # The trainer is built here, in the caller's thread: a bad configuration raises before any thread starts.
@@ -136,7 +100,6 @@ class LiveRun:
         self.device_key = str(self.trainer.device)
         self.error: BaseException | None = None  # an unexpected exception from the training thread
         self._result: RunResult | None = None
-        self._started = self._ended = False
         self._thread: threading.Thread | None = None
         # Set when the training thread is done. Waiting on it rather than on Thread.join: a join interrupted by
         # a signal makes Python 3.11 take a live thread for a finished one (CPython gh-90882).
@@ -159,38 +122,20 @@ class LiveRun:
         return self
 
     def _train(self) -> None:
-        # Everything is caught here: the kernel must outlive any failure of the run.
+        # Everything is caught here: the kernel must outlive any failure of the run. The trainer has recorded the
+        # run's end (set-up failures included) before an exception reaches this point.
         try:
             self._result = self.trainer.run()
         except BaseException as exc:  # noqa: BLE001 - kept in .error and shown by the lab
             self.error = exc
-            if not self._ended:  # failed before the loop could report it (e.g. while loading the data)
-                self._report_early_failure(exc)
         finally:
             with _active_lock:
                 if _active.get(self.device_key) is self:
                     del _active[self.device_key]
             self._finished.set()
 
-    def _report_early_failure(self, exc: BaseException) -> None:
-        result = RunResult(status="failed", config=self.config, error=f"{type(exc).__name__}: {exc}",
-                           device=self.device_key)
-        events = [] if self._started else [RunStarted(self.config.to_dict(), devices.describe(self.trainer.device), 0)]
-        for event in events + [RunEnded(result)]:
-            for listener in self._listeners:
-                try:
-                    listener(event)
-                except Exception:  # noqa: BLE001 - a listener failing here must not hide the original error
-                    pass
-        self._result = self._result or result
-
     def _watch(self, event) -> None:
-        if event.kind == "segment_started":
-            self.controls.applying = False
-        elif event.kind == "run_started":
-            self._started = True
-        elif event.kind == "run_ended":
-            self._ended = True
+        if event.kind == "run_ended":
             self._result = event.result
 
     def set(self, **knobs: Any) -> None:
@@ -274,7 +219,7 @@ class LiveRun:
     @property
     def rejected(self) -> list[str]:
         """Changes accepted by `set` but dropped at the step boundary because an earlier change made them invalid."""
-        return self.controls.rejected
+        return self.trainer.rejected
 
     @property
     def run_id(self) -> int | None:

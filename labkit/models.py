@@ -1,25 +1,37 @@
 """Models for small images, and what they cost: parameters and FLOPs per image."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+def norm_layer(kind: str):
+    """BatchNorm (normalises by the batch's statistics) or GroupNorm (by each image's own, in groups of channels:
+    the result does not depend on which images share the batch, so gradient accumulation is exact)."""
+    if kind == "group":
+        return lambda channels: nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.BatchNorm2d
 
 
-def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 3) -> nn.Sequential:
+def _conv_bn(c_in: int, c_out: int, norm) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm(c_out), nn.GELU()]
+
+
+def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 3,
+              norm: str = "batch") -> nn.Sequential:
     """A fast CNN in the spirit of cifar10-airbench: a full-resolution stem, then `depth` blocks that each
     halve the resolution with a 2x2 max-pool and apply two 3x3 convolutions; channels start at `width` and
     double per block (capped at 8x width). Pooling before the convolutions keeps it cheap enough for a CPU."""
-    layers = _conv_bn(in_channels, width)
+    norm = norm_layer(norm)
+    layers = _conv_bn(in_channels, width, norm)
     c = width
     for i in range(depth):
         c_out = width * 2 ** min(i + 1, 3)
-        layers += [nn.MaxPool2d(2), *_conv_bn(c, c_out), *_conv_bn(c_out, c_out)]
+        layers += [nn.MaxPool2d(2), *_conv_bn(c, c_out, norm), *_conv_bn(c_out, c_out, norm)]
         c = c_out
     head = nn.Linear(c, num_classes)
     # A small head starts from near-uniform predictions (loss about ln 10): the max-pooled features are large,
@@ -32,29 +44,31 @@ def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16, depth: in
     return nn.Sequential(*layers)
 
 
-def resnet18(num_classes: int, in_channels: int = 3) -> nn.Module:
+def resnet18(num_classes: int, in_channels: int = 3, norm: str = "batch") -> nn.Module:
     """torchvision's ResNet-18 for 32x32 inputs: a 3x3 stride-1 stem and no max-pool (as is usual on CIFAR)."""
-    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=norm_layer(norm))
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
 
-def mobilenet_v3_small(num_classes: int, in_channels: int = 3) -> nn.Module:
+def mobilenet_v3_small(num_classes: int, in_channels: int = 3, norm: str = "batch") -> nn.Module:
     """torchvision's MobileNetV3-Small for 32x32 inputs: the stem keeps full resolution (stride 1)."""
-    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    kwargs = {"norm_layer": norm_layer(norm)} if norm != "batch" else {}  # keeps torchvision's BatchNorm settings
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes, **kwargs)
     stem = model.features[0][0]
     model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False)
     return model
 
 
-def build(name: str, num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 3) -> nn.Module:
+def build(name: str, num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 3,
+          norm: str = "batch") -> nn.Module:
     if name == "cnn":
-        return small_cnn(num_classes, in_channels, width, depth)
+        return small_cnn(num_classes, in_channels, width, depth, norm)
     if name == "resnet18":
-        return resnet18(num_classes, in_channels)
+        return resnet18(num_classes, in_channels, norm)
     if name == "mobilenet_v3_small":
-        return mobilenet_v3_small(num_classes, in_channels)
+        return mobilenet_v3_small(num_classes, in_channels, norm)
     raise ValueError(f"model={name!r} is not allowed: use 'cnn', 'resnet18' or 'mobilenet_v3_small'.")
 
 

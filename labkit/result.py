@@ -11,7 +11,7 @@ from .config import RunConfig
 
 SUMMARY_FIELDS = ("status", "throughput", "accuracy", "train_accuracy", "time_s", "peak_memory_bytes",
                   "flops_per_image", "dense_flops_per_image", "params", "dense_params", "sparsity", "mfu",
-                  "steps", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s", "device", "precision",
+                  "steps", "micro_steps", "compile_s", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s", "device", "precision",
                   "precision_native", "error")
 
 
@@ -34,7 +34,9 @@ class RunResult:
     dense_params: int | None = None
     sparsity: float = 0.0
     mfu: float | None = None  # model FLOP utilisation (3x forward FLOPs x throughput / the GPU's peak)
-    steps: int = 0
+    steps: int = 0  # optimizer steps
+    micro_steps: int = 0  # forward-backward passes: steps x grad_accum
+    compile_s: float | None = None  # a compiled run's first step: the compilation, never counted in throughput
     loss_scale: float | None = None
     skipped_steps: int = 0
     data_time_s: float = 0.0
@@ -67,13 +69,16 @@ class RunResult:
             ("throughput", _fmt(self.throughput, "{:,.0f} img/s")),
             ("test accuracy", _fmt(self.accuracy, "{:.2%}")),
             ("train accuracy", _fmt(self.train_accuracy, "{:.2%}")),
-            ("time", f"{self.time_s:.1f} s ({self.steps} steps)"),
+            ("time", f"{self.time_s:.1f} s ({self.steps} steps"
+                     + (f", {self.micro_steps} micro-steps)" if self.micro_steps != self.steps else ")")),
             ("data / compute", f"{self.data_time_s:.2f} s / {self.compute_time_s:.2f} s (timed steps)"),
             ("peak memory", _fmt(self.peak_memory_bytes and self.peak_memory_bytes / 2**20, "{:,.0f} MiB")),
             ("params", _pair(self.dense_params, self.params, "{:,}")),
             ("FLOPs/image", _pair(self.dense_flops_per_image, self.flops_per_image, "{:,.3g}")),
             ("sparsity", f"{self.sparsity:.1%}"),
         ]
+        if self.compile_s is not None:
+            rows.append(("compile", f"{self.compile_s:.1f} s (first step; not in throughput)"))
         if self.mfu is not None:
             rows.append(("MFU", f"{self.mfu:.1%}"))
         if self.loss_scale is not None:

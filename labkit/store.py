@@ -210,6 +210,9 @@ class Recorder:
             self.store.add_event(self.run_id, event.step, event.time_s, "segment",
                                  {"segment": event.segment, "knobs": event.knobs, "label": event.label,
                                   "changes": {k: list(v) for k, v in event.changes.items()}})
+        elif kind == "change_dropped":
+            self.store.add_event(self.run_id, event.step, event.time_s, "change_dropped",
+                                 {"changes": event.changes, "reason": event.reason})
         elif kind == "epoch_ended":
             self._flush()
             self.store.add_metrics(self.run_id, "epoch", [{k: v for k, v in vars(event).items() if k != "kind"}])

@@ -1,8 +1,13 @@
 """The training loop: the only place that trains.
 
-Read `Trainer.run` top to bottom. Between two steps the loop may apply knob changes (from a live run's
-`Controls`, or the scheduled pruning), and each change starts a new measured *segment*. Listeners hear about
-everything through events; the loop knows nothing of widgets, SQLite or progress bars.
+Read `Trainer.run` top to bottom, then `_train_step`. A step is one optimizer step over `grad_accum`
+micro-batches; `step` counts optimizer steps, `micro_steps` forward-backward passes. The techniques
+(labkit.techniques) come in at named points: `setup` and `wrap` when the model is built (`self.model` is the raw
+model that pruning, FLOP counts and evaluation use; `self.train_model` is what trains, e.g. compiled), `batch`
+on every micro-batch, and `due` / `check_change` / `change` between steps. Between two steps the loop applies
+knob changes (from a live run's `Controls`, or those a technique says are due), and each change starts a new
+measured *segment*. Listeners hear about everything through events; the loop knows nothing of widgets, SQLite
+or progress bars.
 
 How throughput is measured: the device is synchronised only at logged points (every `log_every` steps, and
 at segment and epoch ends), where the loss is read anyway. The interval between two logged points is timed
@@ -22,11 +27,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import data as data_mod, devices, models, optim, precision, pruning
-from .config import LIVE_KNOBS, RunConfig
-from .events import EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
+from . import data as data_mod, devices, models
+from .config import KNOBS, LIVE_KNOBS, RunConfig
+from .events import ChangeDropped, EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
 from .measure import Meter
 from .result import RunResult
+from .techniques import TECHNIQUES, Context, grad_accum, optimizers, precision, pruning, schedule
 
 
 class NonFiniteLoss(RuntimeError):
@@ -45,6 +51,7 @@ class Controls:
     def __init__(self):
         self._lock = threading.Lock()
         self._pending: dict[str, Any] = {}
+        self._applying = False  # taken by the loop, not yet applied (or dropped)
         self._stop = threading.Event()
         self.stop_reason: str | None = None
         self._resumed = threading.Event()
@@ -57,7 +64,17 @@ class Controls:
     def take(self) -> dict[str, Any]:
         with self._lock:
             changes, self._pending = self._pending, {}
+            self._applying = bool(changes)
         return changes
+
+    def applied(self) -> None:
+        """The loop has applied (or dropped) what it took: its segment, if any, has started."""
+        self._applying = False
+
+    def has_pending(self) -> bool:
+        """True from a request until the loop has applied or dropped it."""
+        with self._lock:
+            return bool(self._pending) or self._applying
 
     def stop(self, reason: str | None = None) -> None:
         """Stop at the next step boundary; `reason` (e.g. "stopped by SIGTERM") is recorded as the run's error."""
@@ -115,20 +132,28 @@ class Trainer:
         self.precisions = devices.precisions(self.device)
         self.listeners = list(listeners)
         self.controls = controls
-        # The knobs now in force: the configuration with amp="auto" resolved, except pruning scheduled for later.
-        self.prune_due = config.prune > 0 and config.prune_at > 0
-        self.knobs = config.replace(amp=devices.resolve_amp(config.amp, self.device),
-                                    prune=0.0 if self.prune_due else config.prune)
-        self.step = 0
-        self.epoch = 0
+        # The knobs now in force: the configuration with amp="auto" resolved, and what techniques start with
+        # (pruning scheduled for later starts at 0).
+        start = {k: v for t in TECHNIQUES if t.start for k, v in t.start(config).items()}
+        self.knobs = config.replace(amp=devices.resolve_amp(config.amp, self.device), **start)
+        self.loss_fn = F.cross_entropy  # (logits, targets) -> loss; replaceable (e.g. by a distillation loss)
+        self.step = self.micro_steps = self.optimizer_steps = self.epoch = self.images_seen = 0
+        self.meter = Meter(config.timing_warmup, config.log_every)
+        self.history_rows, self.epochs_rows, self.marks, self.losses = [], [], [], []
+        self.rejected: list[str] = []  # requested changes dropped at the step boundary, with the reason
+        self.info = {**devices.describe(self.device),
+                     "native_precisions": [m for m, p in self.precisions.items() if p.native]}
+        self.total_steps, self.model, self.optimizer, self.compile_s = 0, None, None, None
+        self.flops_per_image = self.dense_flops = self.dense_params = None
 
     # ---- the run -------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        self._setup()
         self.t0 = time.perf_counter()
-        self._emit(RunStarted(self.config.to_dict(), self.info, self.total_steps))
-        status, error, failure = "completed", None, None
-        try:
+        status, error, failure, started = "completed", None, None, False
+        try:  # set-up inside: a failure while loading the data or building the model ends the run like any other
+            self._setup()
+            started = True
+            self._emit(RunStarted(self.config.to_dict(), self.info, self.total_steps))
             self._start_segment({})
             self._train()
         except Stopped:
@@ -140,6 +165,8 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - recorded as failed; unexpected ones are raised again below
             status, error = "failed", self._explain(exc)
             failure = None if _is_out_of_memory(exc) else exc
+        if not started:
+            self._emit(RunStarted(self.config.to_dict(), self.info, self.total_steps))
         result = self._result(status, error)
         self._release_memory()
         self._emit(RunEnded(result))
@@ -155,40 +182,67 @@ class Trainer:
             batches = self.train_batches.train_batches(lambda: self.knobs.batch_size, self.gen)
             while not self._done():
                 data_start = self.clock.mark()
-                batch = next(batches, None)
-                if batch is None:
+                micro_batches = grad_accum.micro_batches(batches, self.knobs.grad_accum)
+                if micro_batches is None:  # the epoch's last images do not fill an optimizer step
                     break
-                self._train_step(batch, data_start)
+                self._train_step(micro_batches, data_start)
+                if self.step == 1:
+                    self._time_first_step()
                 self._between_steps()
             self._log()  # closes the timed interval: evaluation is never timed as training
             self._evaluate(time.perf_counter() - epoch_start)
 
-    def _train_step(self, batch, data_start) -> None:
-        images, labels = batch
-        x, y = data_mod.prepare(images, labels, self.data, self.knobs.augment, self.gen)
+    def _train_step(self, micro_batches, data_start) -> None:
+        """One optimizer step: forward and backward over each micro-batch, then the update."""
+        k = self.knobs
+        # Data: normalise, then each technique's batch transform (augmentation, memory format).
+        batches = [self._prepare_batch(images, labels) for images, labels in micro_batches]
         compute_start = self.clock.mark()
-        with precision.autocast_context(self.device, self.knobs.amp):
-            loss = F.cross_entropy(self.model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        step_loss = 0.0
+        for x, y in batches:
+            with precision.autocast_context(self.device, k.amp):
+                loss = self.loss_fn(self.train_model(x), y) / len(batches)  # the mean over the effective batch
+            self.scaler.scale(loss).backward()  # gradients add up over the micro-batches
+            step_loss += loss.detach()
+            self.micro_steps += 1
+        self.scaler.step(self.optimizer)  # skipped by fp16's GradScaler when the gradients overflowed
         self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         self.marks.append((data_start, compute_start, self.clock.mark()))
-        self.losses.append(loss.detach())
+        self.losses.append(step_loss)
+        images = sum(len(y) for _, y in micro_batches)
         self.step += 1
-        self.images_seen += len(labels)
-        self.meter.step(len(labels))
-        optim.set_lr(self.optimizer, self._peak_lr() * self._lr_factor())
+        self.images_seen += images
+        self.meter.step(images)
+        optimizers.set_lr(self.optimizer, self._peak_lr() * self._lr_factor())
+
+    def _prepare_batch(self, images, labels):
+        x, y = data_mod.normalize(images, self.data), labels
+        for technique in TECHNIQUES:
+            if technique.batch:
+                x, y = technique.batch(x, y, self.knobs, self.ctx)
+        return x, y
+
+    def _time_first_step(self) -> None:
+        """The first step pays one-off costs (compilation, lazy initialisation): timed alone, never throughput."""
+        devices.synchronize(self.device)
+        now = time.perf_counter()
+        if self.train_model is not self.model:
+            self.compile_s = now - self.t0 - self.meter.segments[0]["start_s"]
+        self.meter.restart(now)  # its time and images leave the interval; its loss stays to be logged
+        self.marks = []
 
     def _between_steps(self) -> None:
-        """The step boundary: log, then apply what is due (scheduled pruning, live changes, pause, stop)."""
+        """The step boundary: log, then apply what is due (a technique's scheduled change, live changes, pause,
+        stop)."""
         if self.meter.log_due():
             self._log()
-        changes = {}
-        if self.prune_due and self._progress() >= self.config.prune_at:
-            self.prune_due = False
-            if self.knobs.prune < self.config.prune:  # a live change may have pruned further already
-                changes["prune"] = self.config.prune
+        due = {}
+        for technique in TECHNIQUES:
+            if technique.due:
+                due.update(technique.due(self._progress(), self.config, self.knobs))
+        if due:
+            self.apply(due)
         if self.controls is not None:
             if self.controls.paused:
                 self._log()
@@ -197,9 +251,10 @@ class Trainer:
             if self.controls.stop_requested:
                 self._log()
                 raise Stopped
-            changes.update(self.controls.take())
-        if changes:
-            self.apply(changes)
+            requested = self.controls.take()
+            if requested:
+                self.apply(requested, requested=True)
+                self.controls.applied()
 
     # ---- knobs and segments --------------------------------------------------------------------------------
     def check_change(self, changes: dict[str, Any]) -> RunConfig:
@@ -207,33 +262,43 @@ class Trainer:
         unknown = set(changes) - set(LIVE_KNOBS)
         if unknown:
             raise ValueError(f"{sorted(unknown)} cannot change during a run: live knobs are {list(LIVE_KNOBS)}.")
-        new = self.knobs.replace(**changes).validate()
+        new = self.knobs.replace(**changes).check_values()
         new = new.replace(amp=devices.resolve_amp(new.amp, self.device))
-        if new.prune < self.knobs.prune:
-            raise ValueError(f"prune={new.prune} is below the {self.knobs.prune} already applied: pruning only "
-                             "adds during a run.")
-        if new.prune_method != self.knobs.prune_method and self.knobs.prune > 0:
-            raise ValueError(f"prune_method={new.prune_method!r}: this run is already pruned with "
-                             f"{self.knobs.prune_method!r}; start a new run to change the method.")
-        return new
+        for technique in TECHNIQUES:
+            problem = technique.check_change(self.knobs, new) if technique.check_change else None
+            if problem:
+                raise ValueError(problem)
+        return new.validate()
 
-    def apply(self, changes: dict[str, Any]) -> None:
-        """Apply knob changes at a step boundary and start a new segment."""
-        new = self.check_change(changes)
+    def apply(self, changes: dict[str, Any], requested: bool = False) -> None:
+        """Apply knob changes at a step boundary and start a new segment. A `requested` change (from Controls)
+        that is no longer valid is dropped, recorded as a ChangeDropped event and kept in `rejected`."""
+        try:
+            new = self.check_change(changes)
+        except ValueError as exc:
+            if not requested:
+                raise
+            self.rejected.append(str(exc))
+            self._emit(ChangeDropped(self.step, self._now(), changes, str(exc)))
+            return
         old = self.knobs
+        changed = {k.name: (getattr(old, k.name), getattr(new, k.name)) for k in KNOBS
+                   if getattr(old, k.name) != getattr(new, k.name)}
+        if not changed:
+            return
         self._log()  # close the old segment's last interval
-        if new.amp != old.amp:
-            self.scaler = precision.make_scaler(self.device, new.amp)
-        rebuild = new.optimizer != old.optimizer
-        if new.prune != old.prune:
-            pruning.apply(self.model, new.prune_method, new.prune, old.prune, self.example_input)
-            rebuild |= new.prune_method == "channels"  # surgery made new parameter tensors
-            self.flops_per_image = self._count_flops()
+        rebuild = set()
+        for technique in TECHNIQUES:
+            if technique.change and technique.changed(old, new):
+                rebuild |= technique.change(self.model, old, new, self.ctx)
         self.knobs = new
-        if rebuild:
+        if "scaler" in rebuild:
+            self.scaler = precision.make_scaler(self.device, new.amp)
+        if "flops" in rebuild:
+            self.flops_per_image = self._count_flops()
+        if "optimizer" in rebuild:
             self._build_optimizer()
-        self._start_segment({k: (getattr(old, k), getattr(new, k)) for k in LIVE_KNOBS
-                             if getattr(old, k) != getattr(new, k)})
+        self._start_segment(changed)
 
     def _start_segment(self, changes: dict[str, tuple[Any, Any]]) -> None:
         knobs = {k: getattr(self.knobs, k) for k in LIVE_KNOBS}
@@ -268,7 +333,7 @@ class Trainer:
                      loss=sum(losses) / len(losses), lr=self.optimizer.param_groups[0]["lr"],
                      batch_size=self.knobs.batch_size, throughput=throughput,
                      data_s=data_s, compute_s=compute_s, loss_scale=precision.scale_of(self.scaler),
-                     skipped_steps=self.step - self.optimizer_steps)
+                     skipped_steps=self.step - self.optimizer_steps, grad_accum=self.knobs.grad_accum)
         self.history_rows.append({k: v for k, v in vars(row).items() if k != "kind"})
         self._emit(row)
 
@@ -285,20 +350,21 @@ class Trainer:
 
     @torch.no_grad()
     def _accuracy(self, batches) -> float:
+        """Accuracy of the raw model (never the compiled one: switching it to eval mode would recompile)."""
         self.model.eval()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
         for images, labels in batches:
-            x, y = data_mod.prepare(images, labels, self.data, None, None)
+            x = data_mod.normalize(images, self.data)
             with precision.autocast_context(self.device, self.knobs.amp):
-                correct += (self.model(x).argmax(dim=1) == y).sum()
+                correct += (self.model(x).argmax(dim=1) == labels).sum()
             seen += len(labels)
         self.model.train()
         return int(correct) / max(seen, 1)
 
     # ---- set-up and the end --------------------------------------------------------------------------------
     def _setup(self) -> None:
-        cfg = self.config
+        cfg, k = self.config, self.knobs
         devices.reset_peak_memory(self.device)
         torch.manual_seed(cfg.seed)  # initial weights, and mixup's draws
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)  # data order and augmentation
@@ -306,38 +372,44 @@ class Trainer:
         self.data.mean, self.data.std = self.data.mean.to(self.device), self.data.std.to(self.device)
         self.train_batches = data_mod.batches(self.data.train, cfg.loader, self.device)
         self.test_batches = data_mod.batches(self.data.test, cfg.loader, self.device)
-        if cfg.batch_size > len(self.train_batches):
-            raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(self.train_batches)} training "
-                             "images: lower batch_size or raise train_size.")
+        step_images = cfg.batch_size * cfg.grad_accum
+        if step_images > len(self.train_batches):
+            raise ValueError(f"batch_size={cfg.batch_size} x grad_accum={cfg.grad_accum} is larger than the "
+                             f"{len(self.train_batches)} training images: lower batch_size or raise train_size.")
         self.model = models.build(cfg.model, self.data.num_classes, self.data.image_shape[0], cfg.width,
-                                  cfg.depth).to(self.device)
-        self.example_input = torch.zeros(1, *self.data.image_shape, device=self.device)
+                                  cfg.depth, cfg.norm).to(self.device)
+        self.ctx = Context(self.device, self.data.num_classes,
+                           torch.zeros(1, *self.data.image_shape, device=self.device), self.gen)
         self.dense_params = models.count_params(self.model)
         self.dense_weights = pruning.total_weights(self.model)
-        self.flops_per_image = self.dense_flops = self._count_flops()
-        if self.knobs.prune > 0:  # prune_at == 0: prune the freshly initialised network
-            pruning.apply(self.model, cfg.prune_method, cfg.prune, 0.0, self.example_input)
-            self.flops_per_image = self._count_flops()
-        self.scaler = precision.make_scaler(self.device, self.knobs.amp)
-        self.optimizer_steps = 0
+        self.dense_flops = self._count_flops()
+        for technique in TECHNIQUES:  # on the raw model: memory format, pruning before training
+            if technique.setup:
+                technique.setup(self.model, k, self.ctx)
+        self.flops_per_image = self._count_flops()
+        self.train_model = self.model
+        for technique in TECHNIQUES:  # the model that trains: compiled (and, later, distributed)
+            if technique.wrap:
+                self.train_model = technique.wrap(self.train_model, k)
+        self.scaler = precision.make_scaler(self.device, k.amp)
         self._build_optimizer()
-        steps_per_epoch = len(self.train_batches) // cfg.batch_size
+        steps_per_epoch = len(self.train_batches) // step_images
         self.total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-        self.total_images = cfg.epochs * steps_per_epoch * cfg.batch_size
-        self.images_seen = 0
+        self.total_images = cfg.epochs * steps_per_epoch * step_images
         self.clock = _Clock(self.device)
-        self.history_rows, self.epochs_rows = [], []
-        self.meter = Meter(cfg.timing_warmup, cfg.log_every)
-        self.info = {**devices.describe(self.device), "dataset_classes": self.data.num_classes,
-                     "native_precisions": [m for m, p in self.precisions.items() if p.native],
-                     "train_images": len(self.train_batches), "test_images": len(self.test_batches),
-                     "dense_params": self.dense_params, "dense_flops_per_image": self.dense_flops}
+        self.info.update({"dataset_classes": self.data.num_classes, "train_images": len(self.train_batches),
+                          "test_images": len(self.test_batches), "dense_params": self.dense_params,
+                          "dense_flops_per_image": self.dense_flops})
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: one, at the peak lr (a group's "lr_scale" would scale it)."""
+        return [{"params": list(self.model.parameters())}]
 
     def _build_optimizer(self) -> None:
         """A fresh optimizer over the model's current parameters (its state starts empty)."""
         k = self.knobs
-        self.optimizer = optim.build_optimizer(k.optimizer, self.model.parameters(), self._peak_lr(),
-                                               k.weight_decay, k.momentum)
+        self.optimizer = optimizers.build(k.optimizer, self.param_groups(), self._peak_lr(), k.weight_decay,
+                                          k.momentum)
         # The GradScaler skips optimizer.step() when gradients overflow; counting real steps reveals the skips.
         self.optimizer.register_step_post_hook(lambda *_: setattr(self, "optimizer_steps", self.optimizer_steps + 1))
 
@@ -345,14 +417,14 @@ class Trainer:
         return models.flops_per_image(self.model, self.data.image_shape, self.device)
 
     def _peak_lr(self) -> float:
-        return self.knobs.lr if self.knobs.lr is not None else optim.default_lr(self.knobs.optimizer)
+        return self.knobs.lr if self.knobs.lr is not None else optimizers.default_lr(self.knobs.optimizer)
 
     def _progress(self) -> float:
         by_images = self.images_seen / self.total_images
         return max(by_images, self.step / self.config.max_steps) if self.config.max_steps else by_images
 
     def _lr_factor(self) -> float:
-        return optim.lr_factor(min(self._progress(), 1.0), self.config.schedule, self.config.warmup)
+        return schedule.lr_factor(min(self._progress(), 1.0), self.config.schedule, self.config.warmup)
 
     def _done(self) -> bool:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
@@ -369,25 +441,32 @@ class Trainer:
     def _explain(self, exc: BaseException) -> str:
         if _is_out_of_memory(exc):
             return (f"out of memory on {self.device} at batch_size={self.knobs.batch_size} "
-                    f"(model={self.config.model!r}): lower batch_size, or use amp='bf16'.")
+                    f"(model={self.config.model!r}): lower batch_size (grad_accum keeps the effective batch), "
+                    "or use amp='bf16'.")
+        if isinstance(exc, ValueError):  # a setting or missing data: its message names the fix
+            return str(exc)
         return f"{type(exc).__name__}: {exc}"
 
     def _result(self, status: str, error: str | None) -> RunResult:
         totals = self.meter.totals()
         throughput = totals["throughput"]
-        peak = devices.peak_flops(self.device, self.knobs.amp)
         last = self.epochs_rows[-1] if self.epochs_rows else {}
         used = self.precisions[self.knobs.amp]
+        figures = {}
+        if self.model is not None and self.flops_per_image is not None:
+            peak = devices.peak_flops(self.device, self.knobs.amp)
+            figures = dict(
+                flops_per_image=self.flops_per_image, dense_flops_per_image=self.dense_flops,
+                params=models.count_params(self.model) - pruning.masked_weights(self.model),
+                dense_params=self.dense_params, sparsity=pruning.sparsity(self.model, self.dense_weights),
+                mfu=3 * self.flops_per_image * throughput / peak if peak and throughput else None)
         return RunResult(
             status=status, config=self.config, error=error, device=str(self.device),
             precision=devices.AMP_DTYPE_NAMES[used.mode], precision_native=used.native, precision_note=used.note,
             throughput=throughput, accuracy=last.get("test_accuracy"), train_accuracy=last.get("train_accuracy"),
-            time_s=self._now(), peak_memory_bytes=devices.peak_memory_bytes(self.device),
-            flops_per_image=self.flops_per_image, dense_flops_per_image=self.dense_flops,
-            params=models.count_params(self.model) - pruning.masked_weights(self.model),
-            dense_params=self.dense_params, sparsity=pruning.sparsity(self.model, self.dense_weights),
-            mfu=3 * self.flops_per_image * throughput / peak if peak and throughput else None,
-            steps=self.step, loss_scale=precision.scale_of(self.scaler),
+            time_s=self._now(), peak_memory_bytes=devices.peak_memory_bytes(self.device), **figures,
+            steps=self.step, micro_steps=self.micro_steps, compile_s=self.compile_s,
+            loss_scale=precision.scale_of(self.scaler) if hasattr(self, "scaler") else None,
             skipped_steps=self.step - self.optimizer_steps,
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"],
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
@@ -396,7 +475,8 @@ class Trainer:
     def _release_memory(self) -> None:
         """Drop what the run held on the device, so the kernel can start the next run (after an OOM too)."""
         self.losses, self.marks = [], []
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

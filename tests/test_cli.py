@@ -141,7 +141,10 @@ def test_tiny_run_prints_a_summary_and_is_listed(tmp_path):
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.strip().splitlines()
     assert header.split()[:3] == ["id", "status", "started"] and "throughput" in header and "accuracy" in header
-    assert header.split()[4] == "precision" and rows[0].split()[5] == "fp32"  # "started" is a date and a time
+    columns = header.split()
+    cells = rows[0].split()  # "started" is a date and a time: one more cell than header words before "precision"
+    assert cells[columns.index("precision") + 1] == "fp32" and cells[columns.index("grad_accum") + 1] == "1"
+    assert cells[columns.index("compile") + 1] == "off" and cells[columns.index("channels_last") + 1] == "False"
     assert len(rows) == 1
     cells = rows[0].split()
     assert cells[0] == str(run_id) and cells[1] == "completed"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import labkit
-from labkit.config import AMP_MODES, AUGMENT_PRESETS, OPTIMIZERS, RunConfig, field_names
+from labkit.config import KNOB, RunConfig, field_names
 
 
 def test_to_dict_from_dict_round_trip():
@@ -64,8 +64,8 @@ def test_run_refuses_bad_values_before_training(tmp_path):
     assert store.runs().empty  # nothing trained, nothing recorded
 
 
-def test_option_lists_match_the_implementations():
-    from labkit import augment, optim, precision
-    assert set(AUGMENT_PRESETS) == set(augment.PRESETS)
-    assert set(OPTIMIZERS) == set(optim.DEFAULT_LR)
-    assert set(AMP_MODES) == {"off", "auto", *precision.DTYPES}  # auto resolves to one of the others
+def test_option_lists_are_the_implementations():
+    from labkit.techniques import augment, optimizers, torch_compile
+    assert KNOB["augment"].allowed.options == tuple(augment.PRESETS)
+    assert KNOB["optimizer"].allowed.options == tuple(optimizers.DEFAULT_LR)
+    assert KNOB["compile"].allowed.options == torch_compile.MODES

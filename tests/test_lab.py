@@ -6,7 +6,9 @@ import pytest
 
 import labkit
 from labkit import Lab, RunConfig, Store
-from labkit.config import AUGMENT_PRESETS, OPTIMIZERS, PRUNE_METHODS
+from labkit.config import KNOB
+
+AUGMENT_PRESETS, OPTIMIZERS, PRUNE_METHODS = (KNOB[k].allowed.options for k in ("augment", "optimizer", "prune_method"))
 from support import wait_until
 
 SMALL = dict(train_size=1000, test_size=200, width=8, depth=2, batch_size=32, log_every=2, timing_warmup=2,
@@ -29,7 +31,7 @@ def test_the_panel_offers_every_knob_with_its_allowed_values(lab):
     assert sizes == [8, 16, 32, 64, 128, 256, 512] and lab.batch_size.value == 32  # powers of two <= train_size
     assert lab.augment.options == AUGMENT_PRESETS and lab.optimizer.options == OPTIMIZERS
     assert lab.prune_method.options == PRUNE_METHODS and (lab.prune.min, lab.prune.max) == (0.0, 0.95)
-    assert lab.lr.value == pytest.approx(labkit.optim.default_lr("nesterov")) and lab.epochs.value == 100
+    assert lab.lr.value == pytest.approx(labkit.techniques.optimizers.default_lr("nesterov")) and lab.epochs.value == 100
     assert "ready" in lab.status.value and lab.widget.children[-1] is lab.dashboard.widget
 
 
@@ -44,7 +46,7 @@ def test_with_no_run_the_controls_set_up_the_next_run(lab):
     c = lab.config
     assert (c.amp, c.batch_size, c.augment, c.optimizer, c.prune, c.prune_method, c.epochs) == \
         ("bf16", 64, "none", "adam", 0.3, "channels", 1)
-    assert c.lr is None and lab.lr.value == pytest.approx(labkit.optim.default_lr("adam"))  # follows the optimizer
+    assert c.lr is None and lab.lr.value == pytest.approx(labkit.techniques.optimizers.default_lr("adam"))  # follows the optimizer
     lab.lr.value = 0.003
     assert lab.config.lr == 0.003
     lab.optimizer.value = "sgd"

@@ -13,7 +13,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import labkit
 from labkit import cli, lessons
-from labkit import notebooks as nbrun
+from labkit.lessons import runner as nbrun
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit import notebooks as nbrun
+from labkit.lessons import runner as nbrun
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

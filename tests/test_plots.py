@@ -5,7 +5,7 @@ import pytest
 
 import labkit
 from labkit import LiveRun, RunConfig, Store, plots
-from labkit.dashboard import Dashboard, _Series
+from labkit.lab.dashboard import Dashboard, _Series
 from labkit.events import EpochEnded, Logged, RunEnded, RunStarted, SegmentStarted
 
 # Pruning scheduled halfway gives a run with two segments ("start", "prune: 0.0 -> 0.5") without a live change.
@@ -79,7 +79,7 @@ def test_segment_labels_name_each_change():
     old = {"amp": "off", "batch_size": 128, "prune": 0.0}
     assert plots.segment_label(None, old) == "start"
     assert plots.segment_label(old, {**old, "amp": "bf16", "batch_size": 256}) == \
-        "amp: off -> bf16, batch_size: 128 -> 256"
+        "batch_size: 128 -> 256, amp: off -> bf16"
 
 
 # ---- the live dashboard (fed by hand-made events; no training needed) -------------------------------------

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_optimizer import Lamb, Lion
 
-from labkit import augment, models, optim, precision, pruning
+from labkit import models
+from labkit.techniques import augment, optimizers, precision, pruning, schedule
 
 CPU = torch.device("cpu")
 
@@ -139,10 +140,11 @@ def test_channel_pruning_in_two_steps_reaches_the_same_fraction():
 # ---- optimizers and schedule ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("nesterov", torch.optim.SGD),
                                        ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
-                                       ("rmsprop", torch.optim.RMSprop), ("lamb", Lamb), ("lion", Lion)])
+                                       ("rmsprop", torch.optim.RMSprop), ("lamb", Lamb), ("lion", Lion),
+                                       ("adafactor", torch.optim.Adafactor)])
 def test_each_optimizer_builds_and_steps(name, cls):
     model = torch.nn.Linear(4, 2)
-    opt = optim.build_optimizer(name, model.parameters(), optim.default_lr(name), weight_decay=1e-4)
+    opt = optimizers.build(name, [{"params": model.parameters()}], optimizers.default_lr(name), weight_decay=1e-4)
     assert type(opt) is cls
     if name in ("sgd", "nesterov"):
         assert opt.param_groups[0]["nesterov"] == (name == "nesterov")
@@ -153,10 +155,10 @@ def test_each_optimizer_builds_and_steps(name, cls):
 
 
 def test_onecycle_warms_up_then_decays_to_zero():
-    f = [optim.lr_factor(p / 100, "onecycle", 0.2) for p in range(101)]
+    f = [schedule.lr_factor(p / 100, "onecycle", 0.2) for p in range(101)]
     assert f[20] == pytest.approx(1.0) and f[10] == pytest.approx(0.5) and f[100] == 0.0
     assert all(a <= b for a, b in zip(f[:20], f[1:21])) and all(a >= b for a, b in zip(f[20:], f[21:]))
-    assert optim.lr_factor(0.7, "constant", 0.2) == 1.0
+    assert schedule.lr_factor(0.7, "constant", 0.2) == 1.0
 
 
 # ---- models -----------------------------------------------------------------------------------------------

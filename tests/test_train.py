@@ -7,7 +7,9 @@ import torch
 
 import labkit
 from labkit import Controls, RunConfig, Trainer
-from labkit.config import AMP_MODES, AUGMENT_PRESETS, OPTIMIZERS
+from labkit.config import KNOB
+
+AMP_MODES, AUGMENT_PRESETS, OPTIMIZERS = (KNOB[k].allowed.options for k in ("amp", "augment", "optimizer"))
 
 TINY = dict(train_size=512, test_size=256, epochs=1, batch_size=64, store=False, progress=False)
 
@@ -45,13 +47,12 @@ def test_a_short_run_learns():
 
 def test_batch_size_sets_the_batch_shape_and_steps():
     seen = []
-    trainer = Trainer(RunConfig(train_size=512, test_size=256, epochs=1, batch_size=100))
-    original = trainer._train_step
 
-    def spy(batch, start):
-        seen.append(tuple(batch[0].shape))
-        original(batch, start)
-    trainer._train_step = spy
+    def watch_inputs(event):  # the model exists once the run has started
+        if event.kind == "run_started":
+            trainer.model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape))
+                                                    if m.training else None)
+    trainer = Trainer(RunConfig(train_size=512, test_size=256, epochs=1, batch_size=100), listeners=[watch_inputs])
     result = trainer.run()
     assert set(seen) == {(100, 3, 32, 32)} and result.steps == 512 // 100  # the partial batch is dropped
 
@@ -139,7 +140,7 @@ def test_controls_change_knobs_mid_run_as_new_segments():
                       listeners=[collect, change_on_first_log], controls=controls)
     result = trainer.run()
     segments = collect.of("segment_started")
-    assert [s.label for s in segments] == ["start", "amp: off -> bf16, batch_size: 64 -> 32, lr: None -> 0.01"]
+    assert [s.label for s in segments] == ["start", "batch_size: 64 -> 32, amp: off -> bf16, lr: None -> 0.01"]
     assert list(result.segments["batch_size"]) == [64, 32]
     assert {e.batch_size for e in collect.of("logged") if e.segment == 1} == {32}
     assert result.status == "completed"

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
 
 METRICS_ENV = "LABKIT_METRICS"
 _recorded: dict[str, Any] = {}
@@ -109,7 +108,7 @@ def hardware(device: str = "auto") -> str:
     """One line naming what the figures of a lesson are measured on."""
     import torch
 
-    from .devices import AMP_DTYPE_NAMES, cpu_bf16_units, precisions, resolve_device
+    from ..devices import AMP_DTYPE_NAMES, cpu_bf16_units, precisions, resolve_device
 
     dev = resolve_device(device)
     threads = torch.get_num_threads()
@@ -165,7 +164,9 @@ def sweep(knob: str, values: Iterable[Any], *, repeats: int = 1, store: Any = No
     moment on a shared machine falls on all of them rather than on one. Each run prints one line.
     A `knob` that is not a RunConfig field is allowed when `values` are dicts of settings (a label per dict):
     `sweep("setting", {"bs 64": {"batch_size": 64}, ...})`."""
-    from .api import run
+    import pandas as pd
+
+    from ..api import run
 
     if isinstance(values, dict):
         settings = dict(values)
@@ -192,6 +193,8 @@ def _line(knob: str, label: Any, result) -> str:
 
 def curves(results: dict[Any, Any], knob: str, frame: str = "history") -> pd.DataFrame:
     """The `history` (or `epochs`) frames of several runs stacked, with a `knob` column: ready for plotly."""
+    import pandas as pd
+
     parts = []
     for label, result in results.items():
         part = getattr(result, frame).copy()
@@ -237,6 +240,8 @@ REFERENCES["optimizers"] = REFERENCES["fast_training"]
 
 def reference(topic: str) -> pd.DataFrame:
     """Public figures for a lesson's topic, to set beside what you measure (see the table's sources)."""
+    import pandas as pd
+
     if topic not in REFERENCES:
         raise ValueError(f"reference: unknown topic {topic!r}; use one of {sorted(REFERENCES)}")
     return pd.DataFrame(REFERENCES[topic])
@@ -246,7 +251,7 @@ def reference(topic: str) -> pd.DataFrame:
 def panel(**settings: Any):
     """The interactive lab panel (a labkit.Lab) preset to `settings`, for a lesson's exercise. Showing it trains
     nothing: a run starts when you press Run, so a headless re-run of the lesson never waits on it."""
-    from .config import RunConfig
-    from .lab import Lab
+    from ..config import RunConfig
+    from ..lab import Lab
 
     return Lab(RunConfig(**settings))

@@ -6,7 +6,7 @@ ends and the run's end), inside `batch_update()` (one message per redraw), from 
 binary). Each redraw resends whole traces (plotly has no append), so histories are capped at `max_points` by
 dropping every other old point: a run of 100,000 steps redraws as fast as one of 1,000.
 
-The figures are the static ones of `labkit.plots`, made live.
+The figures are the static ones of `labkit.lab.plots`, made live.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from . import plots
-from .store import Store
+from ..store import Store
 
 
 class _Series:

@@ -64,7 +64,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     """The parameters file as {"common": {...}, "notebooks": {name: {"parameters": {}, "baselines": {}}}}."""
     spec = json.loads(Path(path).read_text())
     if not isinstance(spec, dict) or not isinstance(spec.get("notebooks"), dict):
-        raise ValueError(f"{path}: expected a JSON object with a \"notebooks\" object (see labkit/notebooks.py)")
+        raise ValueError(f"{path}: expected a JSON object with a \"notebooks\" object (see labkit/lessons/runner.py)")
     for name, entry in spec["notebooks"].items():
         unknown = set(entry) - {"parameters", "baselines", "nbval_parameters", "about"}
         if unknown:
@@ -160,7 +160,7 @@ def run_notebook(path: str | Path, spec: dict[str, Any], out_dir: str | Path = D
     file when `spec` holds full-size parameters only). A notebook in neither is reported as "no-baseline"."""
     import nbformat
 
-    from .lessons import read_metrics
+    from . import read_metrics
 
     path = Path(path)
     name = path.stem

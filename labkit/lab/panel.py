@@ -1,11 +1,11 @@
-"""The lab panel: widgets for the five knobs (plus lr and epochs), Run and Stop, a status line and live charts.
+"""The lab panel: a control for each knob that declares one, Run and Stop, a status line and live charts.
 
     lab = labkit.Lab(labkit.RunConfig(train_size=5000, epochs=3))
     lab            # display it in a notebook, press Run, then move the controls while it trains
 
 With "live" on, moving a control changes the running run (through `LiveRun.set`: checked at once, applied at
 the next step boundary, and shown as a new segment); with it off, or with no run training, the controls set up
-the next run. Epochs always apply to the next run. Widget callbacks only call `LiveRun.set`, `start` and `stop`:
+the next run. Knobs that cannot change mid-run (epochs, compile) say "(next run)". Widget callbacks only call `LiveRun.set`, `start` and `stop`:
 the model is touched by the training thread alone.
 """
 from __future__ import annotations
@@ -17,14 +17,31 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from . import devices, optim
-from .config import AUGMENT_PRESETS, OPTIMIZERS, PRUNE_METHODS, RunConfig
+from .. import devices
+from ..config import KNOB, KNOBS, RunConfig
+from ..live import LiveRun
+from ..store import Store
+from ..techniques import TECHNIQUES, optimizers
+from ..techniques.base import Knob
 from .dashboard import Dashboard
-from .live import LiveRun
-from .store import Store
 
-BATCH_SIZES = tuple(2 ** k for k in range(3, 13))  # 8 .. 4096
 _STATUS_INTERVAL_S = 0.25  # the status line is redrawn at most 4 times a second
+
+
+def _knob_groups() -> list[list[Knob]]:
+    """The knobs that have a control, in rows: the core knobs, then one row per technique."""
+    technique_names = {k.name for t in TECHNIQUES for k in t.knobs}
+    core = [k for k in KNOBS if k.control and k.name not in technique_names]
+    rows = [[k for k in t.knobs if k.control] for t in TECHNIQUES]
+    return [row for row in [core, *rows] if row]
+
+
+def _read_value(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value  # a slider's 0.30000000000000004 reads 0.3
+
+
+def _read(widget: widgets.Widget) -> Any:
+    return _read_value(widget.value)
 
 
 class Lab:
@@ -53,8 +70,61 @@ class Lab:
 
     # ---- controls ------------------------------------------------------------------------------------------
     def _build_controls(self, c: RunConfig, live: bool) -> None:
+        """One control per knob that declares one (labkit.config.KNOBS), a row per technique; knobs that cannot
+        change mid-run say "(next run)"."""
+        self.controls: dict[str, widgets.Widget] = {}
+        rows = []
+        for group in _knob_groups():
+            row = [self._control(knob, getattr(c, knob.name)) for knob in group]
+            rows.append(widgets.HBox(row))
+        self.run_button = widgets.Button(description="Run", button_style="success", icon="play").add_class("labkit-run")
+        self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop").add_class("labkit-stop")
+        self.live = widgets.ToggleButton(value=live, description="live", icon="bolt",
+                                         tooltip="on: controls change the running run; off: they set up the next run")
+        self.live.add_class("labkit-live")
+        self.run_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        rows.append(widgets.HBox([self.run_button, self.stop_button, self.live]))
+        self._controls_box = widgets.VBox(rows)
+
+    def _control(self, knob: Knob, value: Any) -> widgets.Widget:
+        kind, allowed = knob.control.kind, knob.allowed
+        label = knob.name.replace("_", " ") + ("" if knob.live else " (next run)")
+        style = {"description_width": "120px" if not knob.live else "90px"}
         wide = widgets.Layout(width="320px")
-        style = {"description_width": "90px"}
+        if kind == "buttons":  # amp: one button per precision, marked when the device emulates it
+            return self._amp_control(value)
+        if kind == "dropdown":
+            widget = widgets.Dropdown(options=allowed.options, value=value, description=label, layout=wide, style=style)
+        elif kind == "select":
+            sizes = sorted(set(knob.control.options) | {value})
+            if self.base.train_size:
+                sizes = [b for b in sizes if b <= self.base.train_size or b == value]
+            widget = widgets.SelectionSlider(options=sizes, value=value, description=label, continuous_update=False,
+                                             layout=wide, style=style)
+        elif kind == "slider":
+            widget = widgets.FloatSlider(value=value, min=allowed.low, max=allowed.high, step=knob.control.step,
+                                         description=label, continuous_update=False,
+                                         readout_format=knob.control.format or ".2f", layout=wide, style=style)
+        elif kind == "toggle":
+            widget = widgets.ToggleButton(value=value, description=label, icon="check", tooltip=knob.help)
+        elif kind == "int":
+            widget = widgets.BoundedIntText(value=value, min=allowed.low, max=allowed.high or 2**31 - 1,
+                                            description=label, layout=wide, style=style)
+        elif kind == "float":
+            shown = value if value is not None else optimizers.default_lr(self.base.optimizer)
+            widget = widgets.BoundedFloatText(value=shown, min=allowed.low, max=allowed.high, step=knob.control.step,
+                                              description=label, layout=wide, style=style)
+        else:
+            raise ValueError(f"knob {knob.name!r} declares control kind {kind!r}: the panel knows 'buttons', "
+                             "'dropdown', 'select', 'slider', 'toggle', 'int' and 'float'.")
+        widget.add_class("labkit-" + knob.name.replace("_", "-"))
+        widget.tooltip = knob.help
+        widget.observe(lambda change, n=knob.name: self._on_control(n, change["new"]), names="value")
+        self.controls[knob.name] = widget
+        return widget
+
+    def _amp_control(self, amp: str) -> widgets.Widget:
         # Every mode the device can run stays clickable; an emulated one is marked, and the note says why.
         self.precisions = devices.precisions(self.device)
         self.amp_buttons = {}
@@ -67,45 +137,19 @@ class Lab:
                 button.add_class("labkit-amp-emulated")
             button.on_click(lambda _, m=mode: self._choose_amp(m))
             self.amp_buttons[mode] = button
-        self.amp = devices.resolve_amp(c.amp, self.device)
+        self.amp = devices.resolve_amp(amp, self.device)
         self._paint_amp()
         marked = [f"{m}: {p.note}" for m, p in self.precisions.items() if not p.native]
         self.amp_note = widgets.HTML("<small>" + html.escape("; ".join(marked)) + "</small>")
-        sizes = sorted(set(BATCH_SIZES) | {c.batch_size})
-        if c.train_size:
-            sizes = [b for b in sizes if b <= c.train_size or b == c.batch_size]
-        self.batch_size = widgets.SelectionSlider(options=sizes, value=c.batch_size, description="batch size",
-                                                  continuous_update=False, layout=wide, style=style)
-        self.batch_size.add_class("labkit-batch-size")
-        self.augment = widgets.Dropdown(options=AUGMENT_PRESETS, value=c.augment, description="augment",
-                                        layout=wide, style=style)
-        self.prune = widgets.FloatSlider(value=c.prune, min=0.0, max=0.95, step=0.05, description="prune",
-                                         continuous_update=False, readout_format=".0%", layout=wide, style=style)
-        self.prune_method = widgets.Dropdown(options=PRUNE_METHODS, value=c.prune_method,
-                                             layout=widgets.Layout(width="140px"))
-        self.optimizer = widgets.Dropdown(options=OPTIMIZERS, value=c.optimizer, description="optimizer",
-                                          layout=wide, style=style)
-        self.lr = widgets.BoundedFloatText(value=c.lr if c.lr is not None else optim.default_lr(c.optimizer),
-                                           min=1e-8, max=10.0, step=1e-4, description="lr", layout=wide, style=style)
-        self.epochs = widgets.BoundedIntText(value=c.epochs, min=1, max=10000, description="epochs (next run)",
-                                             layout=wide, style={"description_width": "120px"})
-        self.run_button = widgets.Button(description="Run", button_style="success", icon="play").add_class("labkit-run")
-        self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop").add_class("labkit-stop")
-        self.live = widgets.ToggleButton(value=live, description="live", icon="bolt",
-                                         tooltip="on: controls change the running run; off: they set up the next run")
-        self.live.add_class("labkit-live")
-        self.run_button.on_click(lambda _: self.start())
-        self.stop_button.on_click(lambda _: self.stop())
-        for name in ("batch_size", "augment", "prune", "prune_method", "optimizer", "lr"):
-            getattr(self, name).observe(lambda change, n=name: self._on_control(n, change["new"]), names="value")
-        self._controls_box = widgets.VBox([
-            widgets.HBox([widgets.Label("AMP", layout=widgets.Layout(width="90px")), *self.amp_buttons.values(),
-                          self.amp_note]),
-            widgets.HBox([self.batch_size, self.augment]),
-            widgets.HBox([self.prune, self.prune_method]),
-            widgets.HBox([self.optimizer, self.lr]),
-            widgets.HBox([self.epochs, self.run_button, self.stop_button, self.live]),
-        ])
+        return widgets.HBox([widgets.Label("AMP", layout=widgets.Layout(width="90px")), *self.amp_buttons.values(),
+                             self.amp_note])
+
+    def __getattr__(self, name: str) -> Any:
+        """A knob's control by the knob's name: `lab.batch_size`, `lab.augment` ..."""
+        controls = self.__dict__.get("controls", {})
+        if name in controls:
+            return controls[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _paint_amp(self) -> None:
         for mode, button in self.amp_buttons.items():
@@ -123,14 +167,16 @@ class Lab:
                 self._paint_amp()
 
     def _knob_values(self) -> dict[str, Any]:
-        return {"amp": self.amp, "batch_size": self.batch_size.value, "augment": self.augment.value,
-                "prune": round(self.prune.value, 4), "prune_method": self.prune_method.value,
-                "optimizer": self.optimizer.value, "lr": None if self._lr_auto else self.lr.value}
+        values = {name: _read(widget) for name, widget in self.controls.items()}
+        values["amp"] = self.amp
+        if self._lr_auto:
+            values["lr"] = None
+        return values
 
     @property
     def config(self) -> RunConfig:
         """The configuration the next run will use: the panel's controls over the Lab's base configuration."""
-        return self.base.replace(**self._knob_values(), epochs=self.epochs.value)
+        return self.base.replace(**self._knob_values())
 
     def _on_control(self, name: str, value: Any) -> bool:
         """A user moved a control: change the running run (live) or just the next run. False if refused."""
@@ -138,11 +184,10 @@ class Lab:
             return True
         if name == "lr":
             self._lr_auto = False
-        if name == "prune":
-            value = round(value, 4)  # the slider's float steps (0.30000000000000004) read as the value shown
+        value = _read_value(value)
         if name == "optimizer" and self._lr_auto:
-            self._set_quietly(self.lr, optim.default_lr(value))
-        if not (self.live.value and self.training):
+            self._set_quietly(self.lr, optimizers.default_lr(value))
+        if not (self.live.value and self.training and KNOB[name].live):
             self._show_error("")
             return True
         try:
@@ -153,7 +198,7 @@ class Lab:
         except (ValueError, RuntimeError) as exc:
             self._show_error(str(exc))
             if name != "amp":
-                self._set_quietly(getattr(self, name), self._accepted[name])
+                self._set_quietly(self.controls[name], self._accepted[name])
             return False
         self._accepted[name] = value
         self._show_error("")
@@ -166,7 +211,7 @@ class Lab:
             value = devices.resolve_amp(value, self.device) if value == "auto" else value
             self.amp_buttons[value].click()
             return self.amp == value
-        control = getattr(self, knob)
+        control = self.controls[knob]
         control.value = value
         return control.value == value
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .augment import crop_at
+from ..techniques.augment import crop_at
 
 VERSION = 2  # bump when the generator changes, so stale caches are not reused
 CLASSES = ("blot", "comet", "crescent", "dumbbell", "fork", "hook", "kite", "ring", "spiral", "wedge")

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .config import LIVE_KNOBS
-from .result import RunResult
-from .store import Store
+from ..config import COLUMNS, LIVE_KNOBS
+from ..result import RunResult
+from ..store import Store
 
 HISTORY_COLUMNS = ["step", "epoch", "segment", "time_s", "loss", "throughput", "batch_size"]
 EPOCH_COLUMNS = ["epoch", "step", "time_s", "test_accuracy", "train_accuracy"]
@@ -51,7 +51,8 @@ def segment_throughput(history: pd.DataFrame) -> dict[int, float]:
     if history.empty:
         return {}
     h = history.sort_values("step", kind="stable")
-    images = h["step"].diff().fillna(h["step"]) * h["batch_size"]
+    accum = h["grad_accum"].fillna(1) if "grad_accum" in h else 1  # runs stored before grad_accum: 1
+    images = h["step"].diff().fillna(h["step"]) * h["batch_size"] * accum
     timed = h["throughput"].notna() & (h["throughput"] > 0)
     seconds = images[timed] / h["throughput"][timed].astype(float)
     tally = pd.DataFrame({"segment": h["segment"][timed], "images": images[timed], "seconds": seconds})
@@ -207,14 +208,18 @@ def comparison_figure(store: Store | pd.DataFrame | None = None, highlight: int 
     return fig
 
 
-_HOVER_FIELDS = ("dataset", "model", "amp", "batch_size", "augment", "prune", "prune_method", "optimizer", "lr",
-                 "epochs", "device_name")
 
 
 def _config_text(run: dict[str, Any]) -> str:
     head = f"run {run.get('id')} ({run.get('status')}): {run.get('throughput', 0):,.0f} img/s, " \
            f"{run.get('accuracy', 0):.1%}"
-    return "<br>".join([head] + [f"{k}={run[k]}" for k in _HOVER_FIELDS if k in run])
+    # The knobs that declare themselves columns (labkit.config.COLUMNS); a run stored before a knob existed
+    # has no value for it and shows none.
+    return "<br>".join([head] + [f"{k}={run[k]}" for k in COLUMNS if k in run and not _missing(run[k])])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def run_figures(source: Any, store: Store | None = None) -> list[go.Figure]:

@@ -4,7 +4,8 @@ Every dataset arrives as uint8 images (N, C, H, W) and int64 labels. Two ways fe
 - `DeviceBatches`: the whole split lives on the training device as uint8 (CIFAR-10's 50,000 images are
   150 MB) and a batch is one index operation, so no worker process and no per-image Python run in the loop;
 - `LoaderBatches`: a torch DataLoader, for data that does not fit (or to study data loading).
-Both yield uint8 batches on the device; `prepare` normalises and augments them there, a whole batch at once.
+Both yield uint8 batches on the device; `normalize` turns them into float batches there, a whole batch at once
+(augmentation is a technique: labkit.techniques.augment).
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset as TorchDataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
-from . import augment, synthetic
-from .paths import data_dir
+from . import synthetic
+from ..paths import data_dir
 
 EVAL_BATCH = 1024
 
@@ -271,12 +272,8 @@ def batches(split, loader: str, device: torch.device):
     return LoaderBatches(split, device)
 
 
-def prepare(images: torch.Tensor, labels: torch.Tensor, data: ImageData, preset: str | None,
-            gen: torch.Generator | None):
-    """uint8 batch -> normalised float batch, augmented with `preset` (None: no augmentation, for evaluation)."""
+def normalize(images: torch.Tensor, data: ImageData) -> torch.Tensor:
+    """uint8 batch -> float batch with zero mean and unit variance per channel (the training set's statistics)."""
     mean = data.mean.to(images.device).view(1, -1, 1, 1)
     std = data.std.to(images.device).view(1, -1, 1, 1)
-    x = (images.float() - mean) / std
-    if preset is None:
-        return x, labels
-    return augment.apply(preset, x, labels, gen, data.num_classes)
+    return (images.float() - mean) / std

@@ -1,0 +1,38 @@
+"""The techniques: one module each, registered here by one line.
+
+Each module declares a `TECHNIQUE` (labkit.techniques.base.Technique): its knobs, which may change mid-run and
+what a change does, how the panel shows them, and the functions the training step calls at its named points.
+RunConfig's fields, validation and CLI flags, the panel's controls, the README's knob table, the columns of
+`labkit runs` and the plots' hover text all come from these declarations.
+"""
+from __future__ import annotations
+
+from . import augment, channels_last, grad_accum, optimizers, precision, pruning, schedule, torch_compile
+from .base import Context, Knob, Technique
+
+# The order is the order of the knobs in RunConfig and of the calls at each named point of the step.
+TECHNIQUES: tuple[Technique, ...] = (
+    precision.TECHNIQUE,
+    grad_accum.TECHNIQUE,
+    augment.TECHNIQUE,
+    pruning.TECHNIQUE,
+    optimizers.TECHNIQUE,
+    schedule.TECHNIQUE,
+    channels_last.TECHNIQUE,
+    torch_compile.TECHNIQUE,
+)
+
+
+def knobs() -> list[Knob]:
+    """Every technique's knobs, in registry order."""
+    return [k for t in TECHNIQUES for k in t.knobs]
+
+
+def by_name(name: str) -> Technique:
+    found = [t for t in TECHNIQUES if t.name == name]
+    if not found:
+        raise KeyError(f"no technique {name!r}: registered are {[t.name for t in TECHNIQUES]}")
+    return found[0]
+
+
+__all__ = ["TECHNIQUES", "Context", "Knob", "Technique", "knobs", "by_name"]
