@@ -1,0 +1,25 @@
+"""Test settings for every registered technique (in the spirit of Composer's algorithm_settings.py): what to set
+to exercise it, and a change a live run can make (None: it cannot change mid-run). tests/test_technique_units.py
+runs the standard checks on each entry; a registered technique without an entry fails them.
+"""
+import pytest
+
+SETTINGS = {
+    "precision": dict(config={"amp": "bf16"}, live={"amp": "bf16"}),
+    "grad_accum": dict(config={"grad_accum": 2}, live={"grad_accum": 2}),
+    "augment": dict(config={"augment": "cutmix"}, live={"augment": "mixup"}),
+    "pruning": dict(config={"prune": 0.5, "prune_method": "channels", "prune_at": 0.0}, live={"prune": 0.5}),
+    "optimizer": dict(config={"optimizer": "adafactor"}, live={"optimizer": "adafactor"}),
+    "schedule": dict(config={"schedule": "constant"}, live=None),
+    "channels_last": dict(config={"channels_last": True}, live={"channels_last": True}),
+    # A cold compile of the tiny CNN takes 25-35 s on 2 cores; the second run finds Inductor's cache warm.
+    "compile": dict(config={"compile": "default"}, live=None, marks=[pytest.mark.slow]),
+}
+
+
+def params(only_live: bool = False):
+    """pytest parameters over the registry, one per technique (ids are the technique names)."""
+    from labkit.techniques import TECHNIQUES
+
+    return [pytest.param(t, SETTINGS.get(t.name), id=t.name, marks=(SETTINGS.get(t.name) or {}).get("marks", []))
+            for t in TECHNIQUES if not only_live or any(k.live for k in t.knobs)]
