@@ -5,15 +5,9 @@
     live.set(prune=0.5)
     result = live.wait()
 
-What each knob means mid-run (each change starts a new measured segment, see `LiveRun.segments`):
-- `amp`: autocast switches dtype at the next step; a GradScaler is created for fp16 and dropped otherwise.
-- `batch_size`: the next batch has the new size (the epoch goes on from where it was).
-- `augment`: the next batch uses the new preset.
-- `lr`: the new peak learning rate holds from the next step (the schedule still scales it).
-- `optimizer`: a new optimizer over the same parameters; its state (momentum, Adam moments) starts fresh.
-- `prune` (+ `prune_method`): applied at once. Unstructured pruning adds masks; channel pruning removes
-  channels by model surgery and rebuilds the optimizer (fresh state). Pruning only adds during a run, and the
-  method cannot change once the run is pruned.
+What a change does mid-run is each knob's declared `live` text (`labkit knobs` prints them all); knobs without
+one are refused, and so are changes a technique forbids in the run's state (pruning only adds; a compiled run
+keeps the shapes it was compiled for). Each change starts a new measured segment (see `LiveRun.segments`).
 
 One run trains at a time per device in a kernel: starting a second one while the first trains raises
 RuntimeError saying which run holds the device (stop it, or wait for it).

@@ -235,6 +235,20 @@ REFERENCES: dict[str, list[dict[str, str]]] = {
 }
 REFERENCES["batch_size"] = REFERENCES["fast_training"]
 REFERENCES["augmentation"] = REFERENCES["fast_training"]
+REFERENCES["compile"] = [
+    {"result": "channels_last with AMP, ResNet-50 training: over 22% faster", "hardware": "V100 (apex AMP, O2)",
+     "source": "PyTorch memory-format tutorial"},
+    {"result": "channels_last: 8-35% across torchvision models on Volta GPUs; 26-76% on Ice Lake or newer Xeons",
+     "hardware": "V100 / Xeon CPUs", "source": "PyTorch memory-format tutorial"},
+    {"result": "channels_last, ResNet-50 on ImageNet: about 30% faster", "hardware": "V100 and A100",
+     "source": "MosaicML Composer, Channels Last method card"},
+    {"result": "torch.compile over 163 models, training: +21% in fp32, +51% with AMP (works on 93%)",
+     "hardware": "A100", "source": "PyTorch 2.0 announcement (pytorch.org/get-started/pytorch-2.0)"},
+    {"result": "torch.compile, small CIFAR-10 CNN: 94% in 3.29 s compiled vs 3.83 s eager (1.16x)",
+     "hardware": "one A100", "source": "KellerJordan/cifar10-airbench README"},
+    {"result": "torch.compile, InceptionV3 training step: 0.0863 -> 0.0709 s (1.2x); compiling can take minutes",
+     "hardware": "A100 SXM4 40GB, PyTorch 2.2", "source": "Lightning docs, advanced/compile.rst"},
+]
 REFERENCES["optimizers"] = REFERENCES["fast_training"]
 
 
