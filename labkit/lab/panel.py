@@ -29,11 +29,20 @@ _STATUS_INTERVAL_S = 0.25  # the status line is redrawn at most 4 times a second
 
 
 def _knob_groups() -> list[list[Knob]]:
-    """The knobs that have a control, in rows: the core knobs, then one row per technique."""
+    """The knobs that have a control, in rows of at most two: the core knobs, then the techniques' in registry
+    order (a technique's knobs stay together; the AMP buttons take a row of their own)."""
     technique_names = {k.name for t in TECHNIQUES for k in t.knobs}
     core = [k for k in KNOBS if k.control and k.name not in technique_names]
-    rows = [[k for k in t.knobs if k.control] for t in TECHNIQUES]
-    return [row for row in [core, *rows] if row]
+    rows: list[list[Knob]] = [core]
+    for group in ([k for k in t.knobs if k.control] for t in TECHNIQUES):
+        if not group:
+            continue
+        wide = any(k.control.kind == "buttons" for k in group + rows[-1])
+        if len(rows[-1]) + len(group) <= 2 and not wide:
+            rows[-1] = rows[-1] + group
+        else:
+            rows.append(group)
+    return [row for row in rows if row]
 
 
 def _read_value(value: Any) -> Any:
