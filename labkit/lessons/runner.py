@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: labkit/lessons/runner.py -> .
 DEFAULT_NOTEBOOKS = ROOT / "notebooks"
 DEFAULT_PARAMS = ROOT / "tests" / "notebook_ci.json"
 DEFAULT_OUT = ROOT / "build" / "notebooks"
