@@ -247,3 +247,27 @@ def test_sigterm_stops_labkit_run_called_from_python(tmp_path):
     assert proc.returncode != 0 and "labkit.signals.Interrupted: stopped by SIGTERM" in err  # it goes on
     runs = Store(db).runs()
     assert runs["status"].tolist() == ["stopped"] and runs["error"].tolist() == ["interrupted (SIGTERM)"]
+
+
+def test_every_knob_is_a_flag_parsed_as_declared(capsys):
+    """Flags come from the declarations: on/off for a boolean knob, integers, choices, 'none' where allowed."""
+    from labkit.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--channels-last", "on", "--grad-accum", "4", "--compile", "default",
+                                      "--optimizer", "adafactor", "--lr", "none"])
+    assert (args.channels_last, args.grad_accum, args.compile, args.optimizer, args.lr) == (True, 4, "default",
+                                                                                           "adafactor", None)
+    assert build_parser().parse_args(["run", "--channels-last", "off"]).channels_last is False
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["run", "--channels-last", "maybe"])
+    assert exit_info.value.code == 2 and "'maybe' is not on/off" in capsys.readouterr().err
+    assert labkit.cli.main(["run", "--compile", "fast", "--no-store"]) == 2
+    assert "compile='fast' is not allowed: use one of 'off', 'default'" in capsys.readouterr().err
+
+
+def test_knobs_prints_the_declared_table(capsys):
+    assert labkit.cli.main(["knobs"]) == 0
+    table = capsys.readouterr().out
+    assert "| `grad_accum` | `1` | an integer >= 1 and <= 1024 | next step:" in table
+    compile_row = next(row for row in table.splitlines() if row.startswith("| `compile` |"))
+    assert "| `'off'` |" in compile_row and "| no |" in compile_row  # not live: refused mid-run
