@@ -1,6 +1,7 @@
 """torch.compile: TorchDynamo captures the training model's forward (and AOTAutograd its backward) and Inductor
 generates fused kernels for them. The first step pays the compilation (tens of seconds on a small CPU, less
-on a warm cache); the run reports it as `compile_s`, apart from throughput, which never includes it.
+on a warm cache, next to nothing when the same architecture was compiled earlier in the same process, since
+Dynamo reuses that graph); the run reports it as `compile_s`, apart from throughput, which never includes it.
 
 Only the model that trains is compiled: evaluation, FLOP counting and pruning use the raw model, so switching
 to eval mode never recompiles. A compiled graph is specialised to the shapes, memory format, autocast dtype and
