@@ -139,3 +139,27 @@ def test_compile_time_is_reported_apart_from_throughput():
     # not dragged down by the compilation (which alone takes longer than all the timed steps).
     assert result.throughput > eager.throughput / 5
     assert "compile" in result.summary()
+
+
+# ---- room made for what is coming ------------------------------------------------------------------------
+def test_parameter_groups_keep_their_lr_scale_through_the_schedule():
+    from labkit.techniques import optimizers
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    groups = [{"params": model[0].parameters(), "lr_scale": 0.1}, {"params": model[1].parameters()}]
+    optimizer = optimizers.build("adamw", groups, lr=1e-3)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
+    optimizers.set_lr(optimizer, 0.5e-3)  # what the schedule does every step
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.5e-4, 0.5e-3])
+
+
+def test_the_loss_is_replaceable():
+    calls = []
+
+    def smoothed(logits, targets):
+        calls.append(len(targets))
+        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.1)
+    trainer = Trainer(RunConfig(**TINY, grad_accum=2))
+    trainer.loss_fn = smoothed
+    result = trainer.run()
+    assert result.status == "completed" and calls == [32] * result.micro_steps
