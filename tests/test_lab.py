@@ -33,6 +33,12 @@ def test_the_panel_offers_every_knob_with_its_allowed_values(lab):
     assert lab.prune_method.options == PRUNE_METHODS and (lab.prune.min, lab.prune.max) == (0.0, 0.95)
     assert lab.lr.value == pytest.approx(labkit.techniques.optimizers.default_lr("nesterov")) and lab.epochs.value == 100
     assert "ready" in lab.status.value and lab.widget.children[-1] is lab.dashboard.widget
+    # The controls are the declarations': every knob that declares one has it; one that cannot change mid-run
+    # says it sets up the next run.
+    declared = {k.name for k in KNOB.values() if k.control and k.control.kind != "buttons"}
+    assert set(lab.controls) == declared >= {"channels_last", "compile", "grad_accum"}
+    assert lab.compile.options == KNOB["compile"].allowed.options and lab.compile.description.endswith("(next run)")
+    assert lab.grad_accum.value == 1 and lab.channels_last.value is False
 
 
 def test_with_no_run_the_controls_set_up_the_next_run(lab):
@@ -47,6 +53,9 @@ def test_with_no_run_the_controls_set_up_the_next_run(lab):
     assert (c.amp, c.batch_size, c.augment, c.optimizer, c.prune, c.prune_method, c.epochs) == \
         ("bf16", 64, "none", "adam", 0.3, "channels", 1)
     assert c.lr is None and lab.lr.value == pytest.approx(labkit.techniques.optimizers.default_lr("adam"))  # follows the optimizer
+    assert lab.set_control("compile", "default") and lab.set_control("grad_accum", 4)
+    assert lab.set_control("channels_last", True)
+    assert (lab.config.compile, lab.config.grad_accum, lab.config.channels_last) == ("default", 4, True)
     lab.lr.value = 0.003
     assert lab.config.lr == 0.003
     lab.optimizer.value = "sgd"
