@@ -134,8 +134,3 @@ def knob_table() -> str:
         cells = [f"`{k.name}`", f"`{k.default!r}`", k.allowed.text, k.live or "no", k.help]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
-
-
-def field_help() -> dict[str, tuple[Any, str, str]]:
-    """name -> (default, help, allowed), for the CLI and the README's table."""
-    return {k.name: (k.default, k.help, k.allowed.text) for k in KNOBS}

@@ -28,11 +28,4 @@ def knobs() -> list[Knob]:
     return [k for t in TECHNIQUES for k in t.knobs]
 
 
-def by_name(name: str) -> Technique:
-    found = [t for t in TECHNIQUES if t.name == name]
-    if not found:
-        raise KeyError(f"no technique {name!r}: registered are {[t.name for t in TECHNIQUES]}")
-    return found[0]
-
-
-__all__ = ["TECHNIQUES", "Context", "Knob", "Technique", "knobs", "by_name"]
+__all__ = ["TECHNIQUES", "Context", "Knob", "Technique", "knobs"]

@@ -17,9 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-REBUILDS = frozenset({"optimizer", "scaler", "flops"})
-
-
 @dataclass(frozen=True)
 class Allowed:
     """The values a knob accepts: a check, the sentence that names them, and how to read one from text."""
