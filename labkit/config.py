@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Any
 
-from .techniques import TECHNIQUES
+from .techniques import AT
 from .techniques import knobs as technique_knobs
 from .techniques.base import Allowed, Control, Knob, integer, one_of
 
@@ -88,8 +88,8 @@ class _Methods:
             raise ValueError(f"{step} is larger than train_size={self.train_size}: no step would fit in an epoch; "
                              "lower batch_size" + (" or grad_accum" if self.grad_accum > 1 else "")
                              + ", or raise train_size.")
-        for technique in TECHNIQUES:
-            problem = technique.check(self) if technique.check else None
+        for technique in AT["check"]:
+            problem = technique.check(self)
             if problem:
                 raise ValueError(problem)
         return self

@@ -32,7 +32,7 @@ from .config import KNOBS, LIVE_KNOBS, RunConfig
 from .events import ChangeDropped, EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
 from .measure import Meter
 from .result import RunResult
-from .techniques import TECHNIQUES, Context, grad_accum, optimizers, precision, pruning, schedule
+from .techniques import AT, Context, grad_accum, optimizers, precision, pruning, schedule
 
 
 class NonFiniteLoss(RuntimeError):
@@ -134,7 +134,7 @@ class Trainer:
         self.controls = controls
         # The knobs now in force: the configuration with amp="auto" resolved, and what techniques start with
         # (pruning scheduled for later starts at 0).
-        start = {k: v for t in TECHNIQUES if t.start for k, v in t.start(config).items()}
+        start = {k: v for t in AT["start"] for k, v in t.start(config).items()}
         self.knobs = config.replace(amp=devices.resolve_amp(config.amp, self.device), **start)
         self.loss_fn = F.cross_entropy  # (logits, targets) -> loss; replaceable (e.g. by a distillation loss)
         self.step = self.micro_steps = self.optimizer_steps = self.epoch = self.images_seen = 0
@@ -143,7 +143,7 @@ class Trainer:
         self.rejected: list[str] = []  # requested changes dropped at the step boundary, with the reason
         self.info = {**devices.describe(self.device),
                      "native_precisions": [m for m, p in self.precisions.items() if p.native]}
-        self.total_steps, self.model, self.optimizer, self.compile_s = 0, None, None, None
+        self.total_steps, self.model, self.optimizer, self.scaler, self.compile_s = 0, None, None, None, None
         self.flops_per_image = self.dense_flops = self.dense_params = None
 
     # ---- the run -------------------------------------------------------------------------------------------
@@ -218,9 +218,8 @@ class Trainer:
 
     def _prepare_batch(self, images, labels):
         x, y = data_mod.normalize(images, self.data), labels
-        for technique in TECHNIQUES:
-            if technique.batch:
-                x, y = technique.batch(x, y, self.knobs, self.ctx)
+        for technique in AT["batch"]:
+            x, y = technique.batch(x, y, self.knobs, self.ctx)
         return x, y
 
     def _time_first_step(self) -> None:
@@ -238,9 +237,8 @@ class Trainer:
         if self.meter.log_due():
             self._log()
         due = {}
-        for technique in TECHNIQUES:
-            if technique.due:
-                due.update(technique.due(self._progress(), self.config, self.knobs))
+        for technique in AT["due"]:
+            due.update(technique.due(self._progress(), self.config, self.knobs))
         if due:
             self.apply(due)
         if self.controls is not None:
@@ -264,8 +262,8 @@ class Trainer:
             raise ValueError(f"{sorted(unknown)} cannot change during a run: live knobs are {list(LIVE_KNOBS)}.")
         new = self.knobs.replace(**changes).check_values()
         new = new.replace(amp=devices.resolve_amp(new.amp, self.device))
-        for technique in TECHNIQUES:
-            problem = technique.check_change(self.knobs, new) if technique.check_change else None
+        for technique in AT["check_change"]:
+            problem = technique.check_change(self.knobs, new)
             if problem:
                 raise ValueError(problem)
         return new.validate()
@@ -288,9 +286,9 @@ class Trainer:
             return
         self._log()  # close the old segment's last interval
         rebuild = set()
-        for technique in TECHNIQUES:
-            if technique.change and technique.changed(old, new):
-                rebuild |= technique.change(self.model, old, new, self.ctx)
+        for technique in AT["change"]:
+            if technique.changed(old, new):
+                rebuild |= technique.change(self.model, old, new, self.ctx) or set()
         self.knobs = new
         if "scaler" in rebuild:
             self.scaler = precision.make_scaler(self.device, new.amp)
@@ -383,14 +381,12 @@ class Trainer:
         self.dense_params = models.count_params(self.model)
         self.dense_weights = pruning.total_weights(self.model)
         self.dense_flops = self._count_flops()
-        for technique in TECHNIQUES:  # on the raw model: memory format, pruning before training
-            if technique.setup:
-                technique.setup(self.model, k, self.ctx)
+        for technique in AT["setup"]:  # on the raw model: memory format, pruning before training
+            technique.setup(self.model, k, self.ctx)
         self.flops_per_image = self._count_flops()
         self.train_model = self.model
-        for technique in TECHNIQUES:  # the model that trains: compiled (and, later, distributed)
-            if technique.wrap:
-                self.train_model = technique.wrap(self.train_model, k)
+        for technique in AT["wrap"]:  # the model that trains: compiled (and, later, distributed)
+            self.train_model = technique.wrap(self.train_model, k)
         self.scaler = precision.make_scaler(self.device, k.amp)
         self._build_optimizer()
         steps_per_epoch = len(self.train_batches) // step_images
@@ -466,7 +462,7 @@ class Trainer:
             throughput=throughput, accuracy=last.get("test_accuracy"), train_accuracy=last.get("train_accuracy"),
             time_s=self._now(), peak_memory_bytes=devices.peak_memory_bytes(self.device), **figures,
             steps=self.step, micro_steps=self.micro_steps, compile_s=self.compile_s,
-            loss_scale=precision.scale_of(self.scaler) if hasattr(self, "scaler") else None,
+            loss_scale=precision.scale_of(self.scaler) if self.scaler is not None else None,
             skipped_steps=self.step - self.optimizer_steps,
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"],
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),

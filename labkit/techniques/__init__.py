@@ -8,7 +8,7 @@ RunConfig's fields, validation and CLI flags, the panel's controls, the README's
 from __future__ import annotations
 
 from . import augment, channels_last, grad_accum, optimizers, precision, pruning, schedule, torch_compile
-from .base import Context, Knob, Technique
+from .base import POINTS, Context, Knob, Technique
 
 # The order is the order of the knobs in RunConfig and of the calls at each named point of the step.
 TECHNIQUES: tuple[Technique, ...] = (
@@ -23,9 +23,13 @@ TECHNIQUES: tuple[Technique, ...] = (
 )
 
 
+# point -> the techniques that provide it, in registry order: what the trainer calls at that point.
+AT: dict[str, tuple[Technique, ...]] = {p: tuple(t for t in TECHNIQUES if getattr(t, p)) for p in POINTS}
+
+
 def knobs() -> list[Knob]:
     """Every technique's knobs, in registry order."""
     return [k for t in TECHNIQUES for k in t.knobs]
 
 
-__all__ = ["TECHNIQUES", "Context", "Knob", "Technique", "knobs"]
+__all__ = ["AT", "TECHNIQUES", "Context", "Knob", "Technique", "knobs"]

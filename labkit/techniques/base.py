@@ -10,12 +10,15 @@ The named points, in the order the trainer calls them (see labkit.train):
     due(progress, config, knobs)       -> knob changes due now (e.g. scheduled pruning)
     check_change(old, new)             -> None, or why a mid-run change is refused
     change(model, old, new, ctx)       -> what to rebuild after a live change: {"optimizer", "scaler", "flops"}
+                                          (None: nothing)
 A technique provides only the points it needs; the trainer calls each point for every technique that has it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+POINTS = ("start", "setup", "wrap", "batch", "due", "check_change", "change", "check")
 
 @dataclass(frozen=True)
 class Allowed:

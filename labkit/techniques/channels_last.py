@@ -34,5 +34,5 @@ TECHNIQUE = Technique(
                 "batches follow", control=Control("toggle"), column=True),),
     setup=lambda model, knobs, ctx: convert_model(model, knobs.channels_last),
     batch=lambda x, y, knobs, ctx: (convert_batch(x, knobs.channels_last), y),
-    change=lambda model, old, new, ctx: convert_model(model, new.channels_last) or set(),
+    change=lambda model, old, new, ctx: convert_model(model, new.channels_last),
 )
