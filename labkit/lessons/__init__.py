@@ -1,8 +1,12 @@
-"""Helpers for the lesson notebooks: record figures, run small sweeps, say what hardware measured them.
+"""Helpers for the lesson notebooks: record figures, run small sweeps over seeds, say what hardware measured them,
+and teach: predictions that the measurement closes, claims judged on this hardware, fill-in exercises.
 
     labkit.record("bf16_speedup", 1.8)          # merged into the JSON file at `metrics_path`
-    table, runs = sweep("amp", ["off", "bf16"], train_size=2000, epochs=1)
+    table, runs = sweep("amp", ["off", "bf16"], seeds=[0, 1, 2], train_size=2000, epochs=1)
     print(hardware())
+    predict("bf16_speedup", "bf16 / fp32 here?", number=True); ...; reveal("bf16_speedup", 1.6, "why")
+    claims(Claim(...)); claims_table()          # see teach.py
+    check("mixup", my_mixup)                    # see exercises.py
 
 `record` writes to, in this order: its `path` argument, the `metrics_path` variable of the notebook (the
 lessons set it in their `parameters` cell; papermill and `labkit notebooks` point it into the build folder),
@@ -24,6 +28,7 @@ from typing import Any, Iterable
 
 METRICS_ENV = "LABKIT_METRICS"
 _recorded: dict[str, Any] = {}
+_lesson_file: Path | None = None  # set by begin()
 
 
 # ---- recording figures -----------------------------------------------------------------------------------------
@@ -47,7 +52,8 @@ def _plain(value: Any) -> Any:
 
 
 def metrics_file(path: str | os.PathLike | None = None) -> Path | None:
-    """Where `record` writes: `path`, else the notebook's `metrics_path`, else $LABKIT_METRICS, else None."""
+    """Where `record` writes: `path`, else the notebook's `metrics_path`, else $LABKIT_METRICS, else the file of
+    the lesson `begin` named (in the data folder, for `labkit export`), else None."""
     if path:
         return Path(path)
     main = sys.modules.get("__main__")
@@ -56,7 +62,7 @@ def metrics_file(path: str | os.PathLike | None = None) -> Path | None:
         return Path(notebook_path)
     if os.environ.get(METRICS_ENV):
         return Path(os.environ[METRICS_ENV])
-    return None
+    return _lesson_file
 
 
 def record(name: str, value: Any, path: str | os.PathLike | None = None) -> Any:
@@ -104,6 +110,20 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine(device: str = "auto") -> str:
+    """A short name for the device that measures: the GPU's name, else the CPU's model and core count."""
+    import torch
+
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "mps":
+        return f"Apple GPU ({platform.machine()})"
+    return f"{_cpu_name()} ({os.cpu_count()} cores)"
+
+
 def hardware(device: str = "auto") -> str:
     """One line naming what the figures of a lesson are measured on."""
     import torch
@@ -127,42 +147,92 @@ def hardware(device: str = "auto") -> str:
             + f" · torch {torch.__version__} · Python {platform.python_version()}")
 
 
+def lesson_dir() -> Path:
+    """Where lessons run in Jupyter keep their figures (one file per lesson), for `labkit export`."""
+    from ..paths import data_dir
+
+    return data_dir() / "lessons"
+
+
+def begin(lesson: str, device: str = "auto") -> str:
+    """Start a lesson: print the hardware line and record the facts its claims depend on (the device, which
+    precisions are native). Without a `metrics_path` the figures go to the lesson's file in `lesson_dir()`,
+    started afresh, so `labkit export` finds them. Returns the hardware line."""
+    global _lesson_file
+
+    from ..devices import precisions, resolve_device
+
+    _recorded.clear()
+    if metrics_file() in (None, _lesson_file):
+        _lesson_file = lesson_dir() / f"{lesson}.metrics.json"
+        _lesson_file.unlink(missing_ok=True)
+    dev = resolve_device(device)
+    modes = precisions(dev)
+    line = hardware(device)
+    for name, value in {"lesson": lesson, "machine": machine(device), "hardware": line, "device_type": dev.type,
+                        "gpu": dev.type == "cuda", "bf16_native": modes["bf16"].native,
+                        "fp16_native": modes["fp16"].native}.items():
+        record(name, value)
+    print(line)
+    return line
+
+
 # ---- running a few configurations ------------------------------------------------------------------------------
 def _final_loss(result) -> float:
     history = result.history
     return float(history["loss"].iloc[-1]) if len(history) else float("nan")
 
 
+def _spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of the finite values; NaN when none."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _row(results: list, knob: str, value: Any) -> dict[str, Any]:
-    """One table row from the repeats of one setting: medians of throughput, the last run's other figures."""
+    """One table row from the runs of one setting (its seeds and repeats): the median throughput, the mean and
+    spread (standard deviation over the runs) of accuracy, train accuracy and final loss, and the last run's
+    other figures (sizes and FLOPs do not depend on the seed)."""
     last = results[-1]
     speeds = [r.throughput for r in results if r.throughput is not None]
+    accuracy, accuracy_std = _spread([r.accuracy for r in results])
+    train_accuracy, train_accuracy_std = _spread([r.train_accuracy for r in results])
+    final_loss, final_loss_std = _spread([_final_loss(r) for r in results])
     return {
         knob: value,
         "status": last.status,
+        "runs": len(results),
         "throughput": statistics.median(speeds) if speeds else float("nan"),
-        "accuracy": last.accuracy,
-        "train_accuracy": last.train_accuracy,
-        "final_loss": _final_loss(last),
+        "accuracy": accuracy,
+        "accuracy_std": accuracy_std,
+        "train_accuracy": train_accuracy,
+        "train_accuracy_std": train_accuracy_std,
+        "final_loss": final_loss,
+        "final_loss_std": final_loss_std,
         "time_s": statistics.median(r.time_s for r in results),
         "peak_memory_mb": (last.peak_memory_bytes or 0) / 2**20,
         "params": last.params,
         "flops_per_image": last.flops_per_image,
+        "mfu": last.mfu,
         "sparsity": last.sparsity,
         "skipped_steps": last.skipped_steps,
-        "compile_s": results[0].compile_s,  # the first repeat's: later ones may find Inductor's cache warm
+        "compile_s": results[0].compile_s,  # the first run's: later ones may find Inductor's cache warm
         "loss_scale": last.loss_scale,
-        "error": last.error,
+        "error": next((r.error for r in results if r.error), None),
     }
 
 
-def sweep(knob: str, values: Iterable[Any], *, repeats: int = 1, store: Any = None, quiet: bool = False,
-          **config: Any) -> tuple[pd.DataFrame, dict[Any, Any]]:
-    """Run `config` once per value of `knob` and return (table, results).
+def sweep(knob: str, values: Iterable[Any], *, seeds: Iterable[int] | None = None, repeats: int = 1,
+          store: Any = None, quiet: bool = False, **config: Any) -> tuple[pd.DataFrame, dict[Any, Any]]:
+    """Run `config` once per value of `knob` (per seed, per repeat) and return (table, results).
 
-    `table` has one row per value (throughput is the median over `repeats`); `results` maps each value to its
-    last RunResult (histories, segments). With repeats > 1 the values take turns (a, b, a, b, ...), so a slow
-    moment on a shared machine falls on all of them rather than on one. Each run prints one line.
+    `table` has one row per value: throughput is the median over its runs; accuracy, train accuracy and final
+    loss are means with their standard deviation over the runs (`accuracy_std`, ...): with several `seeds`
+    (initialisation, data order and augmentation all change) the spread is the noise a difference must beat.
+    `results` maps each value to its last RunResult (histories, segments). The values take turns (a, b, a, b,
+    ...), so a slow moment on a shared machine falls on all of them rather than on one. Each run prints a line.
     A `knob` that is not a RunConfig field is allowed when `values` are dicts of settings (a label per dict):
     `sweep("setting", {"bs 64": {"batch_size": 64}, ...})`."""
     import pandas as pd
@@ -173,15 +243,39 @@ def sweep(knob: str, values: Iterable[Any], *, repeats: int = 1, store: Any = No
         settings = dict(values)
     else:
         settings = {v: {knob: v} for v in values}
+    seeds = [config.pop("seed", 0)] if seeds is None else list(seeds)
+    if not seeds:
+        raise ValueError("sweep: seeds=[] runs nothing; give at least one seed, e.g. seeds=[0, 1, 2]")
     runs: dict[Any, list] = {label: [] for label in settings}
-    for _ in range(max(1, repeats)):
-        for label, changes in settings.items():
-            result = run(store=store, progress=False, **{**config, **changes})
-            runs[label].append(result)
-            if not quiet:
-                print(_line(knob, label, result))
+    for seed in seeds:
+        for _ in range(max(1, repeats)):
+            for label, changes in settings.items():
+                result = run(store=store, progress=False, **{**config, "seed": seed, **changes})
+                runs[label].append(result)
+                if not quiet:
+                    print(_line(knob, label, result) + (f" (seed {seed})" if len(seeds) > 1 else ""))
     table = pd.DataFrame([_row(rs, knob, label) for label, rs in runs.items()])
     return table, {label: rs[-1] for label, rs in runs.items()}
+
+
+def difference(table: pd.DataFrame, knob: str, a: Any, b: Any, figure: str = "accuracy") -> str:
+    """One sentence: is `figure` of setting `b` above `a` by more than the runs' spread, or within the noise?
+
+    The noise is the larger standard deviation of the two settings over their runs (seeds); a difference
+    smaller than twice that is reported as within the noise, as is any difference measured from one run each."""
+    rows = table.set_index(knob)
+    va, vb = float(rows.loc[a, figure]), float(rows.loc[b, figure])
+    spread = max(float(rows.loc[a].get(f"{figure}_std", float("nan"))),
+                 float(rows.loc[b].get(f"{figure}_std", float("nan"))))
+    runs = int(min(rows.loc[a].get("runs", 1), rows.loc[b].get("runs", 1)))
+    diff = vb - va
+    scale, unit = (100, " pts") if "accuracy" in figure else (1, "")
+    said = f"{b} vs {a}: {figure} {diff * scale:+.1f}{unit}"
+    if runs < 2 or not math.isfinite(spread):
+        return said + " from one run each: run several seeds before reading anything into it"
+    if abs(diff) <= 2 * spread:
+        return said + f", within the noise (seed-to-seed spread +-{spread * scale:.1f}{unit} over {runs} runs)"
+    return said + f", beyond the noise (spread +-{spread * scale:.1f}{unit} over {runs} runs)"
 
 
 def _line(knob: str, label: Any, result) -> str:
@@ -266,13 +360,16 @@ REFERENCES["grad_accum"] = [
 ]
 
 
-def reference(topic: str) -> pd.DataFrame:
-    """Public figures for a lesson's topic, to set beside what you measure (see the table's sources)."""
+def reference(topic: str, mine: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Public figures for a lesson's topic with your own beside them: `mine` maps what you measured (a short
+    description) to its value, listed first with this machine as its hardware."""
     import pandas as pd
 
     if topic not in REFERENCES:
         raise ValueError(f"reference: unknown topic {topic!r}; use one of {sorted(REFERENCES)}")
-    return pd.DataFrame(REFERENCES[topic])
+    own = [{"result": f"{what}: {value:.3g}" if isinstance(value, float) else f"{what}: {value}",
+            "hardware": machine(), "source": "you, in this notebook"} for what, value in (mine or {}).items()]
+    return pd.DataFrame(own + REFERENCES[topic], columns=["result", "hardware", "source"])
 
 
 # ---- the exercise with the panel -------------------------------------------------------------------------------
@@ -283,3 +380,8 @@ def panel(**settings: Any):
     from ..lab import Lab
 
     return Lab(RunConfig(**settings))
+
+
+# The teaching helpers (they record through `record` above).
+from .exercises import check  # noqa: E402
+from .teach import Claim, claims, claims_table, predict, reveal  # noqa: E402

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import teach
+
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: labkit/lessons/runner.py -> .
 DEFAULT_NOTEBOOKS = ROOT / "notebooks"
@@ -218,7 +220,7 @@ def report(runs: list[NotebookRun]) -> str:
         for c in run.checks:
             lines.append((c.name, _num(c.value), c.band_text(), "ok" if c.ok else f"FAIL: {c.reason}"))
         for name, value in sorted(run.figures.items()):
-            if name not in checked:
+            if name not in checked and name != teach.CLAIMS_KEY:
                 lines.append((name, _num(value), "-", ""))
         if run.error:
             lines.append(("error", run.error[:100], "", ""))
@@ -229,6 +231,11 @@ def report(runs: list[NotebookRun]) -> str:
     text = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     ok = sum(r.ok for r in runs)
     text.append(f"\n{ok} of {len(runs)} notebooks ok")
+    claimed = [(r.name, teach.judge(r.figures)) for r in runs if teach.claims_in(r.figures)]
+    if claimed:
+        text.append("\nClaims on this machine (never a failure: they say what a class on it will see):")
+        for name, rows in claimed:
+            text.append(f"{name}\n{teach.claims_text(rows)}")
     return "\n".join(text)
 
 

@@ -57,6 +57,11 @@ def _soft_targets(y, num_classes):
     return y if y.is_floating_point() else torch.nn.functional.one_hot(y, num_classes).float()
 
 
+def blend(x, soft, lam, perm):
+    """Mixup's core: image i blended with image perm[i] by weight lam, its targets by the same weight."""
+    return lam * x + (1 - lam) * x[perm], lam * soft + (1 - lam) * soft[perm]
+
+
 def mixup(x, y, gen, num_classes: int, alpha: float = 0.2):
     """Blend each image with another from the batch; targets blend by the same weight (Beta(alpha, alpha))."""
     # One weight per batch. torch has no Beta sampler that takes a Generator, so this draw comes from torch's
@@ -64,8 +69,7 @@ def mixup(x, y, gen, num_classes: int, alpha: float = 0.2):
     conc = torch.tensor(alpha, device=x.device)
     lam = torch.distributions.Beta(conc, conc).sample()
     perm = torch.randperm(x.shape[0], device=x.device, generator=gen)
-    soft = _soft_targets(y, num_classes)
-    return lam * x + (1 - lam) * x[perm], lam * soft + (1 - lam) * soft[perm]
+    return blend(x, _soft_targets(y, num_classes), lam, perm)
 
 
 def cutmix(x, y, gen, num_classes: int):

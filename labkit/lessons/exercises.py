@@ -1,0 +1,223 @@
+"""Fill-in exercises: the student writes the few lines that make a technique, a check compares them with the real
+thing (PyTorch's or labkit's own implementation) on fixed cases.
+
+    def to_bf16(x):
+        ...                                   # the student's code
+    lessons.check("bf16_round", to_bf16)      # ok / which case differs / not attempted yet
+
+A function that still raises NotImplementedError is "not attempted": the check says so and the lesson goes on
+(headless runs of the unsolved lesson pass). `strict=True` (the worked solutions) raises on anything but a pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from ..techniques._lazy import lazy_import
+
+torch = lazy_import("torch")
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str
+    task: str  # what the student's function does, in one line
+    cases: Callable[[], Iterator[tuple[str, tuple, Any]]]  # (label, arguments, expected result)
+    atol: float = 0.0  # 0: exactly equal
+
+
+# ---- lesson 01: bf16 rounding, the loss scale's update rule ----------------------------------------------------
+def _bf16_cases():
+    gen = torch.Generator().manual_seed(0)
+    yield "random normals", (torch.randn(1000, generator=gen),), None
+    yield "wide range", (torch.randn(1000, generator=gen) * 10.0 ** torch.randint(-30, 30, (1000,), generator=gen),), None
+    # 1 + 2^-8 lies exactly halfway between two bf16 values: ties go to the even one (1.0); 1 + 3 * 2^-8 goes up
+    yield "ties to even", (torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 0.0, -0.0]),), None
+
+
+def _bf16_expected(x):
+    return x.to(torch.bfloat16).float()
+
+
+def _scale_cases():
+    """Sequences of (found_inf per step) through torch's own scale update (the kernel GradScaler.update calls)."""
+    for label, infs, interval in (("no overflow", [False] * 7, 3), ("overflow then recovery", [True, False, False,
+                                  True, False, False, False, False], 2), ("overflows in a row", [True] * 4, 2)):
+        scale = torch.tensor([65536.0])
+        tracker = torch.tensor([0], dtype=torch.int32)
+        expected = []
+        for inf in infs:
+            torch._amp_update_scale_(scale, tracker, torch.tensor([float(inf)]), 2.0, 0.5, interval)
+            expected.append((scale.item(), int(tracker.item())))
+        yield label, (infs, 65536.0, interval), expected
+
+
+def _run_scale(student):
+    def run(infs, scale, interval):
+        good, out = 0, []
+        for inf in infs:
+            scale, good = student(scale, good, inf, interval)
+            out.append((float(scale), int(good)))
+        return out
+    return run
+
+
+# ---- lesson 02: warm-up ----------------------------------------------------------------------------------------
+def _warmup_cases():
+    from ..techniques.schedule import lr_factor
+
+    for warmup in (0.1, 0.3):
+        progress = [i / 40 for i in range(41)]
+        yield f"warmup={warmup}", (progress, 0.5, warmup), [0.5 * lr_factor(p, "onecycle", warmup) for p in progress]
+
+
+def _run_warmup(student):
+    return lambda progress, peak_lr, warmup: [student(p, peak_lr, warmup) for p in progress]
+
+
+# ---- lesson 03: mixup on a batch -------------------------------------------------------------------------------
+def _mixup_cases():
+    from ..techniques.augment import blend
+
+    gen = torch.Generator().manual_seed(3)
+    for n, lam in ((8, 0.7), (5, 0.05)):
+        x = torch.randn(n, 3, 4, 4, generator=gen)
+        y = torch.randint(0, 10, (n,), generator=gen)
+        perm = torch.randperm(n, generator=gen)
+        soft = torch.nn.functional.one_hot(y, 10).float()
+        yield f"batch of {n}, lam={lam}", (x, y, lam, perm, 10), blend(x, soft, lam, perm)
+
+
+# ---- lesson 04: a global magnitude mask ------------------------------------------------------------------------
+def _mask_cases():
+    from torch.nn.utils import prune
+
+    gen = torch.Generator().manual_seed(4)
+    for amount in (0.5, 0.9):
+        layers = [torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 16, 3), torch.nn.Linear(64, 10)]
+        for layer in layers:
+            with torch.no_grad():
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * torch.rand((), generator=gen))
+        weights = [layer.weight.detach().clone() for layer in layers]
+        prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured,
+                                  amount=amount)
+        yield f"3 layers, amount={amount}", (weights, amount), [layer.weight_mask.bool() for layer in layers]
+
+
+# ---- lesson 05: AdamW by hand ----------------------------------------------------------------------------------
+def _adamw_cases():
+    gen = torch.Generator().manual_seed(5)
+    for lr, wd in ((1e-2, 0.0), (3e-3, 0.1)):
+        start = torch.randn(20, generator=gen)
+        grads = [torch.randn(20, generator=gen) for _ in range(4)]
+        param = torch.nn.Parameter(start.clone())
+        opt = torch.optim.AdamW([param], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+        for g in grads:
+            param.grad = g.clone()
+            opt.step()
+        yield f"4 steps, lr={lr}, weight_decay={wd}", (start.clone(), grads, lr, wd), param.detach().clone()
+
+
+def _run_adamw(student):
+    def run(start, grads, lr, wd):
+        p, m, v = start, torch.zeros_like(start), torch.zeros_like(start)
+        for t, g in enumerate(grads, 1):
+            p, m, v = student(p, g, m, v, t, lr, wd)
+        return p
+    return run
+
+
+EXERCISES = {e.name: e for e in (
+    Exercise("bf16_round", "to_bf16(x): each fp32 value rounded to the nearest bf16 (ties to even), as fp32",
+             _bf16_cases),
+    Exercise("loss_scale", "next_scale(scale, good_steps, found_inf, interval) -> (scale, good_steps): "
+             "GradScaler's update rule", _scale_cases),
+    Exercise("warmup", "lr_at(progress, peak_lr, warmup): linear warm-up to peak_lr, then linear decay to 0",
+             _warmup_cases, atol=1e-9),
+    Exercise("mixup", "mixup(x, y, lam, perm, num_classes) -> (images, soft targets): each image blended with "
+             "image perm[i]", _mixup_cases, atol=1e-6),
+    Exercise("global_mask", "global_masks(weights, amount) -> boolean masks: keep all but the `amount` smallest "
+             "|w| across all layers together", _mask_cases),
+    Exercise("adamw", "adamw_step(p, g, m, v, t, lr, weight_decay) -> (p, m, v): one AdamW step (betas 0.9, "
+             "0.999, eps 1e-8)", _adamw_cases, atol=1e-6),
+)}
+# Exercises whose student function is one step of a sequence: the check runs the sequence.
+_DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw}
+_EXPECTED = {"bf16_round": _bf16_expected}  # computed from the arguments rather than given by the case
+
+
+def _same(got: Any, expected: Any, atol: float) -> bool:
+    if isinstance(expected, (list, tuple)):
+        return (isinstance(got, (list, tuple)) and len(got) == len(expected)
+                and all(_same(g, e, atol) for g, e in zip(got, expected)))
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return False
+        if expected.dtype == torch.bool:
+            return bool(torch.equal(got.bool(), expected))
+        return bool(torch.allclose(got.float(), expected.float(), rtol=0.0 if atol == 0 else 1e-5, atol=atol))
+    if isinstance(expected, float) or isinstance(got, float):
+        return isinstance(got, (int, float)) and abs(got - expected) <= max(atol, 1e-12 * abs(expected))
+    return got == expected
+
+
+def _mismatch(got: Any, expected: Any, atol: float, where: str = "the result") -> str:
+    """Where `got` first differs from `expected`, in words."""
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(got, (list, tuple)) or len(got) != len(expected):
+            return f"{where} should be a sequence of {len(expected)} items, got {_describe(got)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            if not _same(g, e, atol):
+                return _mismatch(g, e, atol, f"item {i} of {where}")
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return f"{where} should be {_describe(expected)}, got {_describe(got)}"
+        wrong = (got.bool() != expected) if expected.dtype == torch.bool else (got.float() - expected.float()).abs()
+        first = tuple(int(i) for i in (wrong > atol).nonzero()[0]) if (wrong > atol).any() else ()
+        return (f"{where}: {int((wrong > atol).sum())} of {expected.numel()} values differ, first at index "
+                f"{first}: got {got[first].item():.6g}, expected {expected[first].item():.6g}")
+    return f"{where}: got {_describe(got)}, expected {_describe(expected)}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
+    text = repr(value)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+class ExerciseNotPassed(AssertionError):
+    """A worked solution (strict check) that does not match."""
+
+
+def check(name: str, solution: Callable, *, strict: bool = False) -> bool:
+    """Check the student's `solution` for exercise `name` on its cases; prints one line per outcome and returns
+    True when every case matches. Not attempted (NotImplementedError) and wrong answers print what to do next;
+    with `strict` they raise instead (for the worked solutions in notebooks/solutions/)."""
+    if name not in EXERCISES:
+        raise ValueError(f"check: no exercise {name!r}; the exercises are {sorted(EXERCISES)}")
+    exercise = EXERCISES[name]
+    call = _DRIVERS[name](solution) if name in _DRIVERS else solution
+    cases = list(exercise.cases())
+    for label, args, expected in cases:
+        if expected is None:
+            expected = _EXPECTED[name](*args)
+        try:
+            got = call(*args)
+        except NotImplementedError:
+            return _outcome(f"{name}: not attempted yet - fill in the function ({exercise.task}) and run this "
+                            "cell again", strict)
+        except Exception as exc:  # noqa: BLE001 - the student's code: say what failed, keep the kernel
+            return _outcome(f"{name}: case '{label}' raised {type(exc).__name__}: {exc}", strict)
+        if not _same(got, expected, exercise.atol):
+            return _outcome(f"{name}: case '{label}' differs - {_mismatch(got, expected, exercise.atol)}. "
+                            f"Task: {exercise.task}", strict)
+    print(f"{name}: correct - matches the reference on all {len(cases)} cases")
+    return True
+
+
+def _outcome(message: str, strict: bool) -> bool:
+    if strict:
+        raise ExerciseNotPassed(message)
+    print(message)
+    return False
