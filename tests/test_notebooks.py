@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ from labkit.lessons import runner as nbrun
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+HANDS_ON = ["01_mixed_precision", "02_batch_size", "03_augmentation", "04_pruning", "05_optimizers"]
 CI_FILE = ROOT / "tests" / "notebook_ci.json"
 SANITIZER = ROOT / "tests" / "nbval_sanitize.cfg"
 # The 90 s budget holds on 2 dedicated cores; a shared or slower machine gets this much (seconds) per notebook.
@@ -152,3 +155,44 @@ def test_checked_outputs_with_nbval(tmp_path):
 
 def test_ci_file_is_plain_json():
     json.loads(CI_FILE.read_text())  # no comments, no trailing commas: papermill and the CLI read it too
+
+
+# ---- lessons that teach: exercises, their worked solutions, predictions and claims ------------------------------
+def _code(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("name", HANDS_ON)
+def test_lesson_teaches(name):
+    """Each hands-on lesson asks predictions it reveals, declares claims, runs several seeds at full size, has a
+    fill-in exercise with its check, and a worked solution that checks the same exercises strictly."""
+    lesson = _code(nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4))
+    predicted = set(re.findall(r'lessons\.predict\(\s*"(\w+)"', lesson))
+    revealed = set(re.findall(r'lessons\.reveal\(\s*"(\w+)"', lesson))
+    assert predicted and predicted == revealed, (predicted, revealed)
+    assert "lessons.claims(" in lesson and "lessons.Claim(" in lesson
+    assert f'lessons.begin("{name}"' in lesson
+    exercises = set(re.findall(r'lessons\.check\(\s*"(\w+)"', lesson))
+    assert exercises, f"{name}: no fill-in exercise (lessons.check)"
+    assert "raise NotImplementedError" in lesson  # left for the student
+    solution = ROOT / "notebooks" / "solutions" / f"{name}.ipynb"
+    assert solution.is_file(), f"{name}: no worked solution in notebooks/solutions/"
+    solved = _code(nbformat.read(solution, as_version=4))
+    assert set(re.findall(r'lessons\.check\(\s*"(\w+)",\s*\w+,\s*strict=True\)', solved)) == exercises
+    assert "NotImplementedError" not in solved
+    params = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    names = _parameter_names(params)
+    assert {"seeds", "dataset"} <= names, f"{name}: the parameters cell needs seeds and dataset"
+    seeds = ast.literal_eval(next(line.split("=", 1)[1].split("#")[0] for line in
+                                  params.cells[nbrun.parameters_cell(params)].source.splitlines()
+                                  if line.startswith("seeds")))
+    assert len(seeds) >= 3, f"{name}: full size compares accuracies over >= 3 seeds, not {seeds}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_worked_solutions_pass(path, tmp_path):
+    """The worked solutions run headless and every strict check passes (a failing one raises in its cell)."""
+    import papermill
+
+    papermill.execute_notebook(str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(path.parent),
+                               progress_bar=False, log_output=False, store_widget_state=False)

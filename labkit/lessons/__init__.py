@@ -171,7 +171,9 @@ def begin(lesson: str, device: str = "auto") -> str:
     line = hardware(device)
     for name, value in {"lesson": lesson, "machine": machine(device), "hardware": line, "device_type": dev.type,
                         "gpu": dev.type == "cuda", "bf16_native": modes["bf16"].native,
-                        "fp16_native": modes["fp16"].native}.items():
+                        "bf16_emulated": modes["bf16"].available and not modes["bf16"].native,
+                        "fp16_native": modes["fp16"].native,
+                        "fp16_emulated": modes["fp16"].available and not modes["fp16"].native}.items():
         record(name, value)
     print(line)
     return line

@@ -109,7 +109,9 @@ def reveal(name: str, measured: Any, explain: str = "", *, unit: str = "", close
     prediction = _predictions.get(name)
     answer = prediction.value() if prediction is not None else None
     shown = f"{_fmt(measured)}{unit}"
-    if answer is None:
+    if measured is None:
+        verdict = f"you said {_fmt(answer)}{unit} · not measured here" if answer is not None else "not measured here"
+    elif answer is None:
         verdict = f"no prediction recorded · measured here: {shown}"
     elif prediction.choices is not None:
         verdict = (f"you said {answer} · measured here: {shown} · "
