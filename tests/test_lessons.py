@@ -21,6 +21,7 @@ def _no_ambient_metrics(monkeypatch):
     """No metrics file unless a test sets one (a stray `metrics_path` in __main__ or the environment)."""
     monkeypatch.delenv(lessons.METRICS_ENV, raising=False)
     monkeypatch.delattr(sys.modules["__main__"], "metrics_path", raising=False)
+    monkeypatch.setattr(lessons, "_lesson_file", None)
 
 
 # ---- record ----------------------------------------------------------------------------------------------------
@@ -110,6 +111,204 @@ def test_sweep_with_labelled_settings():
     assert list(table["setting"]) == ["masks", "dense"]
     assert table.set_index("setting").loc["masks", "sparsity"] == pytest.approx(0.5, abs=0.01)
     assert table.set_index("setting").loc["dense", "sparsity"] == 0.0
+
+
+@pytest.mark.slow
+def test_sweep_over_seeds_gives_mean_and_spread(capsys):
+    table, runs = lessons.sweep("augment", ["none", "flip"], seeds=[0, 1], store=False, train_size=256,
+                                test_size=64, batch_size=64, epochs=1, timing_warmup=1, log_every=2, device="cpu")
+    assert list(table["runs"]) == [2, 2]
+    out = capsys.readouterr().out
+    assert out.count("(seed 0)") == 2 and out.count("(seed 1)") == 2  # each seed ran each setting
+    assert runs["flip"].config.seed == 1  # the last run kept per setting
+    assert (table["final_loss_std"] > 0).all()  # two seeds do not train the same way
+    assert table["accuracy"].between(0, 1).all() and (table["accuracy_std"] >= 0).all()
+    with pytest.raises(ValueError, match="seeds=\\[\\]"):
+        lessons.sweep("augment", ["none"], seeds=[], store=False)
+
+
+def test_difference_says_when_it_is_within_the_noise():
+    import pandas as pd
+
+    table = pd.DataFrame({"k": ["a", "b", "c"], "accuracy": [0.50, 0.52, 0.60], "accuracy_std": [0.02, 0.015, 0.01],
+                          "runs": [3, 3, 3]})
+    assert "within the noise" in lessons.difference(table, "k", "a", "b")
+    assert "+2.0 pts" in lessons.difference(table, "k", "a", "b")
+    assert "beyond the noise" in lessons.difference(table, "k", "a", "c")
+    one = table.assign(runs=1, accuracy_std=0.0)
+    assert "from one run each" in lessons.difference(one, "k", "a", "c")
+
+
+def test_reference_puts_your_figures_first():
+    table = lessons.reference("pruning", mine={"speed-up at 50% channels": 1.31})
+    assert table.iloc[0]["result"] == "speed-up at 50% channels: 1.31"
+    assert table.iloc[0]["source"] == "you, in this notebook" and table.iloc[0]["hardware"] == lessons.machine()
+    assert len(table) == len(lessons.REFERENCES["pruning"]) + 1
+
+
+def test_begin_records_the_machine_and_starts_the_lesson_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+    stale = tmp_path / "lessons" / "99_test.metrics.json"
+    stale.parent.mkdir()
+    stale.write_text('{"old": 1}')
+    line = lessons.begin("99_test", "cpu")
+    assert line in capsys.readouterr().out and line.startswith("CPU ")
+    lessons.record("x", 2.0)
+    figures = lessons.read_metrics(stale)
+    assert "old" not in figures and figures["x"] == 2.0 and figures["lesson"] == "99_test"
+    assert figures["device_type"] == "cpu" and figures["gpu"] is False and figures["fp16_native"] is False
+    assert figures["bf16_native"] != figures["bf16_emulated"]  # a CPU runs bf16, natively or not
+
+
+def test_begin_leaves_a_set_metrics_path_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv(lessons.METRICS_ENV, str(tmp_path / "ci.json"))
+    lessons.begin("99_test", "cpu")
+    assert lessons.read_metrics(tmp_path / "ci.json")["lesson"] == "99_test"
+    assert not (tmp_path / "data").exists()
+
+
+# ---- predictions -------------------------------------------------------------------------------------------------
+def test_reveal_closes_a_number_prediction(capsys):
+    lessons.predict("speedup", "bf16 / fp32 here?", number=True, answer=1.5)
+    text = lessons.reveal("speedup", 0.1, "emulated here", unit="x")
+    assert "you said 1.5x" in text and "measured here: 0.1x" in text and "15x too high" in text
+    assert "why: emulated here" in text and text in capsys.readouterr().out
+    assert lessons.recorded()["prediction_speedup"] == 1.5
+    lessons.predict("speedup", "bf16 / fp32 here?", number=True, answer=1.1)
+    assert "close" in lessons.reveal("speedup", 1.0)
+    lessons.predict("speedup", "bf16 / fp32 here?", number=True, answer=0.5)
+    assert "2x too low" in lessons.reveal("speedup", 1.0)
+
+
+def test_reveal_closes_a_choice_and_headless_runs_still_get_the_measurement():
+    lessons.predict("fastest", "which is fastest?", ["a", "b"], answer="a")
+    assert "you said a" in lessons.reveal("fastest", "a") and "right" in lessons.reveal("fastest", "a")
+    assert "not on this machine" in lessons.reveal("fastest", "b")
+    lessons.predict("unanswered", "which?", ["a", "b"])  # headless: nobody answers
+    text = lessons.reveal("unanswered", "b", "because")
+    assert "no prediction recorded · measured here: b" in text and "prediction_unanswered" not in lessons.recorded()
+    assert "not measured here" in lessons.reveal("fastest", None)
+    assert "no prediction recorded" in lessons.reveal("never_asked", 3.0)
+
+
+def test_predict_refuses_what_cannot_be_answered():
+    with pytest.raises(ValueError, match="choices=\\[...\\] or number=True"):
+        lessons.predict("x", "?")
+    with pytest.raises(ValueError, match="at least two choices"):
+        lessons.predict("x", "?", ["only"])
+    with pytest.raises(ValueError, match="not one of the choices"):
+        lessons.predict("x", "?", ["a", "b"], answer="c")
+
+
+def test_predict_in_jupyter_reads_the_widget(monkeypatch):
+    from labkit.lessons import teach
+
+    monkeypatch.setattr(teach, "_in_kernel", lambda: True)
+    number = lessons.predict("n", "how many?", number=True)
+    assert "application/vnd.jupyter.widget-view+json" in number._repr_mimebundle_()
+    number.widget.value = " 1.5x"
+    assert "you said 1.5" in lessons.reveal("n", 1.5)
+    number.widget.value = "lots"
+    assert "'lots' is not a number" in lessons.reveal("n", 1.5)
+    choice = lessons.predict("c", "which?", ["yes", "no"])
+    assert "no prediction recorded" in lessons.reveal("c", "no")
+    choice.widget.value = "no"
+    assert "right" in lessons.reveal("c", "no")
+
+
+# ---- claims ------------------------------------------------------------------------------------------------------
+def _claims():
+    return [lessons.Claim("bf16 >= 1.3x fp32", "bf16_speedup", at_least=1.3, when="bf16_native", where="native"),
+            lessons.Claim("bf16 <= 0.33x fp32", "bf16_speedup", at_most=0.33, when="bf16_emulated"),
+            lessons.Claim("gap small", "gap", at_least=0.0, at_most=0.03),
+            lessons.Claim("never measured", "nothing", at_most=1.0)]
+
+
+def test_claims_are_judged_on_the_recorded_figures():
+    from labkit.lessons import teach
+
+    lessons.claims(*_claims())
+    for name, value in {"bf16_native": True, "bf16_emulated": False, "bf16_speedup": 0.9, "gap": 0.01}.items():
+        lessons.record(name, value)
+    table = lessons.claims_table()
+    assert list(table["verdict"]) == ["does not hold here", "not applicable here", "holds", "not measured"]
+    assert list(table["band"]) == [">= 1.3", "<= 0.33", "0 to 0.03", "<= 1"]
+    assert table.iloc[0]["measured"] == 0.9 and table.iloc[0]["applies where"] == "native"
+    # the verdicts need nothing but the recorded figures (what `labkit notebooks` and the class report read)
+    figures = json.loads(json.dumps(lessons.recorded()))
+    assert [r["verdict"] for r in teach.judge(figures)] == list(table["verdict"])
+    assert teach.judge({**figures, "bf16_speedup": 1.6})[0]["verdict"] == "holds"
+    assert teach.judge({k: v for k, v in figures.items() if k != "bf16_native"})[0]["verdict"] == "not measured"
+
+
+def test_a_claim_needs_a_band_and_claims_need_claims():
+    with pytest.raises(ValueError, match="at_least, at_most or both"):
+        lessons.Claim("vague", "x")
+    with pytest.raises(TypeError, match="Claim objects"):
+        lessons.claims({"text": "a dict"})
+
+
+# ---- exercises ---------------------------------------------------------------------------------------------------
+def test_an_exercise_not_attempted_wrong_or_right(capsys):
+    from labkit.lessons.exercises import ExerciseNotPassed
+    from labkit.techniques.augment import blend
+
+    def unsolved(x, y, lam, perm, num_classes):
+        raise NotImplementedError
+
+    def forgot_the_targets(x, y, lam, perm, num_classes):
+        return lam * x + (1 - lam) * x[perm], torch.nn.functional.one_hot(y, num_classes).float()
+
+    def right(x, y, lam, perm, num_classes):
+        return blend(x, torch.nn.functional.one_hot(y, num_classes).float(), lam, perm)
+
+    assert lessons.check("mixup", unsolved) is False
+    assert "not attempted yet" in capsys.readouterr().out
+    assert lessons.check("mixup", forgot_the_targets) is False
+    assert "item 1 of the result" in capsys.readouterr().out  # the images were right, the targets not
+    assert lessons.check("mixup", right) is True
+    assert "correct" in capsys.readouterr().out
+    with pytest.raises(ExerciseNotPassed, match="not attempted"):
+        lessons.check("mixup", unsolved, strict=True)
+    with pytest.raises(ValueError, match="no exercise 'nope'"):
+        lessons.check("nope", right)
+
+
+def test_exercise_checks_catch_near_misses():
+    """Each check fails a plausible wrong answer (the case a student would get wrong), passes the real thing."""
+    from torch.nn.utils import prune
+
+    from labkit.techniques.schedule import lr_factor
+
+    assert lessons.check("bf16_round", lambda x: x.to(torch.bfloat16).float())
+    truncate = lambda x: (x.view(torch.int32) & ~0xFFFF).view(torch.float32)  # noqa: E731 - no rounding
+    assert not lessons.check("bf16_round", truncate)
+    assert lessons.check("warmup", lambda p, lr, w: lr * lr_factor(p, "onecycle", w))
+    assert not lessons.check("warmup", lambda p, lr, w: lr * min(1.0, p / w))  # warm-up without the decay
+
+    def masks_per_layer(weights, amount):  # local, not global: the classic mistake
+        return [w.abs() > w.abs().flatten().kthvalue(max(1, round(amount * w.numel()))).values for w in weights]
+
+    assert not lessons.check("global_mask", masks_per_layer)
+
+    def raises(x):
+        raise RuntimeError("boom")
+
+    assert not lessons.check("bf16_round", raises)
+
+    def scale_never_grows(scale, good, inf, interval):
+        return (scale / 2, 0) if inf else (scale, good + 1)
+
+    assert not lessons.check("loss_scale", scale_never_grows)
+
+    def adam_with_l2(p, g, m, v, t, lr, wd):  # weight decay added to the gradient: Adam, not AdamW
+        g = g + wd * p
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        return p - lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8), m, v
+
+    assert not lessons.check("adamw", adam_with_l2)
+    del prune
 
 
 def test_panel_is_a_lab_preset_to_the_settings_that_trains_nothing_yet():
