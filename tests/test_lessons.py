@@ -242,6 +242,23 @@ def test_claims_are_judged_on_the_recorded_figures():
     assert teach.judge({k: v for k, v in figures.items() if k != "bf16_native"})[0]["verdict"] == "not measured"
 
 
+def test_labkit_notebooks_prints_each_lessons_claims():
+    from dataclasses import asdict
+
+    figures = {"claims": [asdict(c) for c in _claims()], "bf16_native": False, "bf16_emulated": True,
+               "bf16_speedup": 0.08, "gap": 0.05}
+    text = nbrun.report([nbrun.NotebookRun("01_mixed_precision", "ok", 30.0, figures),
+                         nbrun.NotebookRun("02_batch_size", "ok", 30.0, {"x": 1.0})])
+    claims = text.split("Claims on this machine")[1]
+    assert "01_mixed_precision" in claims and "02_batch_size" not in claims  # only lessons with claims
+    lines = claims.splitlines()
+    assert any(l.split()[:3] == ["not", "applicable", "here"] and "bf16 >= 1.3x" in l for l in lines)
+    assert any(l.strip().startswith("holds") and "bf16_speedup = 0.08" in l for l in lines)
+    assert any(l.strip().startswith("does not hold here") and "gap = 0.05" in l for l in lines)
+    assert "claims " not in text.split("Claims on this machine")[0]  # not listed as a figure
+    assert "2 of 2 notebooks ok" in text  # a claim never fails a notebook
+
+
 def test_a_claim_needs_a_band_and_claims_need_claims():
     with pytest.raises(ValueError, match="at_least, at_most or both"):
         lessons.Claim("vague", "x")
