@@ -58,7 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .lessons import runner  # the lessons' headless runner (papermill); its flags live there
     runner.add_arguments(sub.add_parser("notebooks", help="re-run the lesson notebooks and check their figures"))
+    _add_workshop_commands(sub)
     return parser
+
+
+def _add_workshop_commands(sub) -> None:
+    """The workshop kit (labkit/workshop/): doctor before class, export after it, report for the instructor."""
+    doctor_p = sub.add_parser("doctor", help="check this machine is ready for a class: one line per check, a verdict",
+                              description="Check the device, precisions, data cache, Jupyter kernel and widgets, "
+                              "disk, results store, and train a tiny model (~10 s). Exit 1 when not ready.")
+    doctor_p.add_argument("--quick", action="store_true", help="skip the ~10 s smoke run")
+    doctor_p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    export_p = sub.add_parser("export", help="write your runs and lesson figures to one JSON file (for the class "
+                              "report)")
+    export_p.add_argument("-o", "--output", required=True, metavar="FILE.json", help="the file to write")
+    export_p.add_argument("--student", default=None, help="your name in the class report (default: your login)")
+    export_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
+    export_p.add_argument("--lessons", default=None, metavar="DIR",
+                          help="where lessons run in Jupyter wrote their figures (default: data/lessons)")
+    export_p.add_argument("--metrics", action="append", default=[], metavar="DIR",
+                          help="another folder of <lesson>.metrics.json files, e.g. build/notebooks (repeatable)")
+
+    report_p = sub.add_parser("report", help="merge the class's exports into one self-contained HTML page")
+    report_p.add_argument("files", nargs="+", metavar="FILE.json", help="exports written by `labkit export`")
+    report_p.add_argument("-o", "--output", required=True, metavar="class.html", help="the page to write")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -123,7 +147,32 @@ def _cmd_knobs(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "knobs": _cmd_knobs, "notebooks": _cmd_notebooks}
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .workshop import doctor
+
+    return doctor.command(quick=args.quick, as_json=args.json)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .workshop import export
+
+    doc = export.export(args.output, store=args.db, lessons_dir=args.lessons, student=args.student,
+                        metrics_dirs=args.metrics)
+    print(export.summary(doc, args.output))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .workshop import report
+
+    out = report.build(args.files, args.output)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {len(args.files)} exports): open it in a browser, "
+          "no network needed")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "knobs": _cmd_knobs, "notebooks": _cmd_notebooks,
+            "doctor": _cmd_doctor, "export": _cmd_export, "report": _cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
