@@ -18,7 +18,7 @@ from labkit import cli, lessons
 from labkit.lessons.teach import Claim
 from labkit.workshop import doctor, export, report
 
-CHECK_NAMES = ["device", "precision", "data", "cifar10", "kernel", "widgets", "extension", "disk", "store",
+CHECK_NAMES = ["load", "device", "precision", "data", "cifar10", "kernel", "widgets", "extension", "disk", "store",
                "smoke run"]
 
 
@@ -67,6 +67,15 @@ def test_doctor_fails_for_a_kernel_that_runs_another_python(capsys, monkeypatch,
     assert kernel.startswith("FAIL") and str(spec) in kernel, kernel
     assert f"-> fix: run `{sys.executable} -m ipykernel install --user --name python3`" in kernel
     assert lines[-1].startswith("verdict: not ready") and code == 1
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_doctor_warns_when_other_programs_keep_the_cpu_busy(monkeypatch, busy):
+    cores = os.cpu_count()
+    monkeypatch.setattr(doctor.os, "getloadavg", lambda: (4.0 * cores if busy else 0.1, 0.0, 0.0))
+    check = doctor.check_load()
+    assert check.status == ("warn" if busy else "ok"), check
+    assert ("close other heavy programs" in check.fix) == busy
 
 
 def test_a_check_that_raises_is_a_failure_not_a_crash(monkeypatch):

@@ -105,6 +105,22 @@ def check_device(device: str = "auto") -> Check:
     return Check("device", OK, detail, data=data)
 
 
+def check_load() -> Check:
+    """Other programs busy on this machine make every throughput a lesson measures read low and vary."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on this platform
+        return Check("load", INFO, "the load average cannot be read here")
+    cores = os.cpu_count() or 1
+    data = {"load_1min": round(load, 2), "cores": cores}
+    if load > cores:
+        return Check("load", WARN, f"busy: load average {load:.1f} over the last minute on {cores} cores, so other "
+                                   "programs compete and the lessons' throughputs will read low and vary",
+                     "close other heavy programs (training runs, other notebooks' kernels; `top` shows them) "
+                     "before class", data)
+    return Check("load", OK, f"load average {load:.1f} on {cores} cores", data=data)
+
+
 def check_precisions(device: str = "auto") -> Check:
     from ..devices import AMP_DTYPE_NAMES, precisions, resolve_device
 
@@ -337,6 +353,7 @@ def run_checks(quick: bool = False, device: str = "auto",
     """Every check, in order; `quick` skips the smoke run. `on_check` is called as each one finishes.
     A check that raises is a failure naming the exception (the doctor itself never crashes on a sick machine)."""
     steps: list[tuple[str, Callable[[], Check]]] = [
+        ("load", check_load),  # first: the doctor's own work adds to it
         ("device", lambda: check_device(device)),
         ("precision", lambda: check_precisions(device)),
         ("data", lambda: check_data(smoke_follows=not quick)),
