@@ -80,6 +80,7 @@ def record(name: str, value: Any, path: str | os.PathLike | None = None) -> Any:
         with tempfile.NamedTemporaryFile("w", dir=file.parent, prefix=file.name, suffix=".tmp",
                                          delete=False) as tmp:
             json.dump(figures, tmp, indent=1, sort_keys=True, allow_nan=False)
+        os.chmod(tmp.name, 0o644)  # a temporary file is private (0600); the figures are for sharing
         os.replace(tmp.name, file)
     return value
 
