@@ -325,6 +325,14 @@ def test_exercise_checks_catch_near_misses():
         return p - lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8), m, v
 
     assert not lessons.check("adamw", adam_with_l2)
+
+    def summed_not_averaged(model, x, y, k):  # each micro-batch's mean loss, not divided by k
+        for xb, yb in zip(x.chunk(k), y.chunk(k)):
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+
+    assert not lessons.check("grad_accum", summed_not_averaged)
+    assert not lessons.check("nhwc_strides", lambda shape: torch.empty(shape).stride())  # NCHW's
+    assert lessons.check("nhwc_strides", lambda s: torch.empty(s, memory_format=torch.channels_last).stride())
     del prune
 
 

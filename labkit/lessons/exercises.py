@@ -127,6 +127,32 @@ def _run_adamw(student):
     return run
 
 
+# ---- lesson 06: channels_last strides ---------------------------------------------------------------------------
+def _strides_cases():
+    for shape in ((2, 3, 4, 4), (8, 16, 32, 32), (1, 64, 7, 5)):
+        yield f"shape {shape}", (shape,), torch.empty(shape).contiguous(memory_format=torch.channels_last).stride()
+
+
+# ---- lesson 07: gradient accumulation --------------------------------------------------------------------------
+def _accum_cases():
+    gen = torch.Generator().manual_seed(7)
+    for n, k in ((32, 4), (30, 3)):
+        x, y = torch.randn(n, 12, generator=gen), torch.randint(0, 5, (n,), generator=gen)
+        torch.manual_seed(7)
+        net = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5))
+        torch.nn.functional.cross_entropy(net(x), y).backward()  # one batch of n: the gradient to match
+        yield f"{n} images in {k} micro-batches", (x, y, k), [p.grad.clone() for p in net.parameters()]
+
+
+def _run_accum(student):
+    def run(x, y, k):
+        torch.manual_seed(7)
+        net = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5))
+        student(net, x, y, k)
+        return [p.grad for p in net.parameters()]
+    return run
+
+
 EXERCISES = {e.name: e for e in (
     Exercise("bf16_round", "to_bf16(x): each fp32 value rounded to the nearest bf16 (ties to even), as fp32",
              _bf16_cases),
@@ -140,9 +166,13 @@ EXERCISES = {e.name: e for e in (
              "|w| across all layers together", _mask_cases),
     Exercise("adamw", "adamw_step(p, g, m, v, t, lr, weight_decay) -> (p, m, v): one AdamW step (betas 0.9, "
              "0.999, eps 1e-8)", _adamw_cases, atol=1e-6),
+    Exercise("nhwc_strides", "nhwc_strides(shape) -> strides (in elements) of an (N, C, H, W) tensor stored "
+             "channels_last", _strides_cases),
+    Exercise("grad_accum", "accumulate_grads(model, x, y, k): backward over k equal micro-batches of (x, y), leaving "
+             "in .grad the gradient of the mean cross-entropy over all of x", _accum_cases, atol=1e-6),
 )}
 # Exercises whose student function is one step of a sequence: the check runs the sequence.
-_DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw}
+_DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw, "grad_accum": _run_accum}
 _EXPECTED = {"bf16_round": _bf16_expected}  # computed from the arguments rather than given by the case
 
 
