@@ -43,6 +43,7 @@ class SegmentStarted:
     time_s: float
     knobs: dict[str, Any]
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (old, new)
+    flops_per_image: int | None = None  # forward FLOPs of the model that trains from here (channel pruning cuts them)
     kind: str = "segment_started"
 
     @property

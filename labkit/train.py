@@ -118,6 +118,13 @@ class _Clock:
         return start.elapsed_time(end) / 1000 if self.cuda else end - start
 
 
+def mfu(flops_per_image: int | None, throughput: float | None, device: torch.device, amp: str) -> float | None:
+    """Model FLOP utilisation: 3 x forward FLOPs per image x images/s over the device's peak FLOP/s for `amp`;
+    None when the peak is not known (a CPU) or nothing was timed. The RunResult and the lab panel both use it."""
+    peak = devices.peak_flops(device, amp)
+    return 3 * flops_per_image * throughput / peak if peak and throughput and flops_per_image else None
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
@@ -304,7 +311,8 @@ class Trainer:
         self.segment = self.meter.start_segment({**knobs, "flops_per_image": self.flops_per_image}, self.step,
                                                 self._now(), time.perf_counter())
         self.marks, self.losses = [], []
-        self._emit(SegmentStarted(self.segment, self.step, self._now(), knobs, changes))
+        self._emit(SegmentStarted(self.segment, self.step, self._now(), knobs, changes,
+                                  flops_per_image=self.flops_per_image))
 
     # ---- measurement (the accounting is labkit.measure.Meter's) --------------------------------------------
     def _restart_interval(self) -> None:
@@ -450,12 +458,11 @@ class Trainer:
         used = self.precisions[self.knobs.amp]
         figures = {}
         if self.model is not None and self.flops_per_image is not None:
-            peak = devices.peak_flops(self.device, self.knobs.amp)
             figures = dict(
                 flops_per_image=self.flops_per_image, dense_flops_per_image=self.dense_flops,
                 params=models.count_params(self.model) - pruning.masked_weights(self.model),
                 dense_params=self.dense_params, sparsity=pruning.sparsity(self.model, self.dense_weights),
-                mfu=3 * self.flops_per_image * throughput / peak if peak and throughput else None)
+                mfu=mfu(self.flops_per_image, throughput, self.device, self.knobs.amp))
         return RunResult(
             status=status, config=self.config, error=error, device=str(self.device),
             precision=devices.AMP_DTYPE_NAMES[used.mode], precision_native=used.native, precision_note=used.note,

@@ -152,3 +152,75 @@ def test_set_control_and_wait_measured_drive_the_panel_as_the_notebook_does(lab)
     assert list(seg["amp"]) == ["off", "bf16", "bf16"] and list(seg["prune"]) == [0.0, 0.0, 0.5]
     assert seg["throughput"].notna().all()
     assert not lab.set_control("prune", 0.2) and "pruning only adds" in lab.last_error
+
+
+# ---- the status line: what the exercises ask (accuracy and the gap, FLOPs per image, MFU, peak memory) ----------
+TINY = dict(SMALL, train_size=256, test_size=64, epochs=2, max_steps=None)
+
+
+def _run_and_watch(tmp_path, **config):
+    """A real run started from the panel; returns the panel, the result and every status it showed."""
+    panel = Lab(RunConfig(**{**TINY, **config}), store=Store(tmp_path / "runs.db"))
+    shown = []
+    panel.status.observe(lambda change: shown.append(change["new"]), names="value")
+    panel.start()
+    result = panel.wait(60)
+    assert result.status == "completed"
+    wait_until(lambda: "completed" in panel.status.value, what="final status")
+    return panel, result, shown
+
+
+def _number(pattern, text):
+    import re
+    match = re.search(pattern, text)
+    return float(match.group(1).replace(",", "")) if match else None
+
+
+def test_the_status_shows_accuracy_and_gap_flops_after_channel_pruning_and_peak_memory(tmp_path):
+    panel, r, shown = _run_and_watch(tmp_path, prune=0.5, prune_method="channels")  # pruned halfway (prune_at)
+    running = [s for s in shown if "· running ·" in s]
+    mflops = r"fwd ([\d.]+) MFLOPs/img"
+    # FLOPs per image: the dense model's in the first segment, the pruned model's (with the dense figure) after.
+    dense = [s for s in running if "segment #0" in s and "FLOPs" in s]
+    pruned = [s for s in running if "segment #1" in s]
+    assert dense and pruned and r.flops_per_image < 0.6 * r.dense_flops_per_image
+    assert all(_number(mflops, s) == pytest.approx(r.dense_flops_per_image / 1e6, rel=0.01) for s in dense)
+    assert all("(dense" not in s for s in dense)
+    assert all(_number(mflops, s) == pytest.approx(r.flops_per_image / 1e6, rel=0.01) for s in pruned)
+    assert all(_number(r"\(dense ([\d.]+) M\)", s) == pytest.approx(r.dense_flops_per_image / 1e6, rel=0.01)
+               for s in pruned)
+    # Train and test accuracy with the gap, once an epoch has ended (live too); the gap adds up.
+    assert any("train " in s and "gap" in s for s in running)
+    final = panel.status.value
+    assert f"train {r.train_accuracy:.1%} / test {r.accuracy:.1%} (gap " in final
+    gap = _number(r"gap (-?[\d.]+) pts", final)
+    assert gap == pytest.approx(100 * (r.train_accuracy - r.accuracy), abs=0.11)
+    # Peak memory, named for what it measures on a CPU: live, and the RunResult's at the end.
+    assert any("peak mem" in s and "MiB (process RSS)" in s for s in running)
+    assert f"peak mem {r.peak_memory_bytes / 2**20:,.0f} MiB (process RSS)" in final
+    assert "img/s (run mean)" in final and "<br>" in final  # two lines: progress, then the model
+    # No peak FLOP/s is known for a CPU: no MFU at all, live or at the end.
+    assert r.mfu is None and not any("MFU" in s for s in shown)
+
+
+def test_the_status_shows_mfu_when_the_device_peak_is_known(tmp_path, monkeypatch):
+    peak = 4e10
+    monkeypatch.setattr(labkit.devices, "peak_flops", lambda device, amp: peak)
+    panel, r, shown = _run_and_watch(tmp_path, epochs=1)
+    live = [s for s in shown if "· running ·" in s and "MFU" in s]
+    assert live, "no live MFU"
+    for s in live:  # 3 x forward FLOPs x the throughput shown / the peak
+        expected = 300 * _number(r"fwd ([\d.]+) MFLOPs", s) * 1e6 * _number(r"([\d,]+) img/s", s) / peak
+        assert _number(r"MFU ([\d.]+)%", s) == pytest.approx(expected, rel=0.02, abs=0.06)
+    assert r.mfu == pytest.approx(3 * r.flops_per_image * r.throughput / peak)  # the same function at the end
+    assert f"MFU {r.mfu:.1%}" in panel.status.value
+
+
+def test_status_figures_read_as_the_exercises_ask():
+    from labkit.lab.panel import _accuracy_text, _memory_text, _si
+    assert _accuracy_text(0.714, 0.642) == "train 71.4% / test 64.2% (gap 7.2 pts)"
+    assert _accuracy_text(0.5, 0.515) == "train 50.0% / test 51.5% (gap -1.5 pts)"
+    assert (_si(3_981_952), _si(1_106_240), _si(512), _si(2.5e9)) == ("3.98 M", "1.11 M", "512 ", "2.50 G")
+    import torch
+    assert _memory_text(412 * 2**20, torch.device("cpu")) == "peak mem 412 MiB (process RSS)"
+    assert _memory_text(412 * 2**20, torch.device("cuda")).startswith("peak GPU mem 412 MiB")

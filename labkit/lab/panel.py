@@ -7,6 +7,10 @@ With "live" on, moving a control changes the running run (through `LiveRun.set`:
 the next step boundary, and shown as a new segment); with it off, or with no run training, the controls set up
 the next run. Knobs that cannot change mid-run (epochs, compile) say "(next run)". Widget callbacks only call `LiveRun.set`, `start` and `stop`:
 the model is touched by the training thread alone.
+
+The status shows two lines: progress and speed (step, epoch, img/s, AMP, the segment), then the model: train and
+test accuracy with the generalisation gap, forward FLOPs per image (they drop after channel pruning), MFU where
+the device's peak FLOP/s is known (none on a CPU), and peak memory (GPU tensors, or the process's RSS on a CPU).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from ..live import LiveRun
 from ..store import Store
 from ..techniques import TECHNIQUES, optimizers
 from ..techniques.base import Knob
+from ..train import mfu
 from .dashboard import Dashboard
 
 _STATUS_INTERVAL_S = 0.25  # the status line is redrawn at most 4 times a second
@@ -43,6 +48,30 @@ def _knob_groups() -> list[list[Knob]]:
         else:
             rows.append(group)
     return [row for row in rows if row]
+
+
+def _si(n: float) -> str:
+    """4.12e6 -> '4.12 M', 512 -> '512 ' (a unit follows)."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1)):
+        if abs(n) >= scale or not unit:
+            v = n / scale
+            return f"{v:.{2 if abs(v) < 10 else 1 if abs(v) < 100 else 0}f} {unit}"
+
+
+def _accuracy_text(train: float, test: float) -> str:
+    """'train 71.4% / test 64.2% (gap 7.2 pts)': the gap is the shown figures' difference, so they add up."""
+    train_pct, test_pct = f"{train * 100:.1f}", f"{test * 100:.1f}"
+    return f"train {train_pct}% / test {test_pct}% (gap {float(train_pct) - float(test_pct):.1f} pts)"
+
+
+def _memory_text(peak_bytes: int, device) -> str:
+    """Peak memory, named for what devices.peak_memory_bytes measures on this device."""
+    mib = f"{peak_bytes / 2**20:,.0f} MiB"
+    if device.type == "cuda":
+        return f"peak GPU mem {mib} (tensors)"
+    if device.type == "mps":
+        return f"mem {mib} (MPS driver)"
+    return f"peak mem {mib} (process RSS)"
 
 
 def _read_value(value: Any) -> Any:
@@ -244,9 +273,8 @@ class Lab:
         except (ValueError, RuntimeError) as exc:
             self._show_error(str(exc))
             return None
-        self.run = run
+        self.run = run  # the status figures start afresh at the run's RunStarted (which may already have come)
         self._accepted = self._knob_values()
-        self._last = {}
         self._show_error("")
         return run
 
@@ -265,27 +293,35 @@ class Lab:
 
     # ---- status (training thread) --------------------------------------------------------------------------
     def _on_event(self, event) -> None:
-        kind = event.kind
+        kind, last = event.kind, self._last  # (RunStarted replaces it: each run's figures start afresh)
         if kind == "run_started":
-            self._last = {"info": event.info, "total_steps": event.total_steps}
+            self._last = {"info": event.info, "total_steps": event.total_steps,
+                          "dense_flops": event.info.get("dense_flops_per_image")}
         elif kind == "logged":
-            self._last["logged"] = event
+            last["logged"] = event
             if event.throughput:
-                self._last["throughput"] = event.throughput
+                last["throughput"] = event.throughput
         elif kind == "epoch_ended":
-            self._last["accuracy"] = event.test_accuracy
+            last["accuracy"] = (event.train_accuracy, event.test_accuracy)
         elif kind == "segment_started":
-            self._last["segment"] = f"#{event.segment} {event.label}"
+            last["segment"] = f"#{event.segment} {event.label}"
+            if event.flops_per_image is not None:  # channel pruning changes the model's FLOPs
+                last["flops"] = event.flops_per_image
         elif kind == "run_ended":
-            self._last["ended"] = event.result
+            last["ended"] = event.result
             if event.result.error:
                 self._show_error(f"run {event.result.status}: {event.result.error}")
         now = time.monotonic()
         if kind in ("run_ended", "epoch_ended", "segment_started") or now - self._last_status >= _STATUS_INTERVAL_S:
             self._last_status = now
+            if kind != "run_ended":  # a cheap read (no synchronisation), at most once per redraw; the end has its own
+                self._last["memory"] = devices.peak_memory_bytes(self.device)
             self.status.value = self._status_text()
 
     def _status_text(self) -> str:
+        """Two lines: the run's progress and speed, then what the model does (accuracy and the generalisation
+        gap, forward FLOPs per image, MFU where the device's peak is known, peak memory). Once the run has ended,
+        throughput, MFU and peak memory are the RunResult's (throughput over the whole run)."""
         last, run = self._last, self.run
         if run is None:
             return "<code>" + html.escape(f"{self.device} · ready: press Run") + "</code>"
@@ -296,10 +332,16 @@ class Lab:
         if logged is not None:
             parts.append(f"step {logged.step}/{last.get('total_steps', '?')}")
             parts.append(f"epoch {logged.epoch}/{run.config.epochs}")
-        if "throughput" in last:
-            parts.append(f"{last['throughput']:,.0f} img/s")
-        if "accuracy" in last:
-            parts.append(f"test acc {last['accuracy']:.1%}")
+        throughput, note = last.get("throughput"), ""
+        flops, dense, memory = last.get("flops"), last.get("dense_flops"), last.get("memory")
+        if ended is not None:
+            if ended.throughput:
+                throughput, note = ended.throughput, " (run mean)"
+            flops = ended.flops_per_image or flops
+            dense = ended.dense_flops_per_image or dense
+            memory = ended.peak_memory_bytes or memory
+        if throughput:
+            parts.append(f"{throughput:,.0f} img/s{note}")
         parts.append(f"amp {run.knobs.amp}" + ("" if self.precisions[run.knobs.amp].native else " (emulated)"))
         if logged is not None and logged.loss_scale is not None:
             parts.append(f"scale {logged.loss_scale:g} ({logged.skipped_steps} skipped steps)")
@@ -307,7 +349,21 @@ class Lab:
             parts.append(f"segment {last['segment']}")
         if run.rejected:
             parts.append(f"dropped change: {run.rejected[-1]}")
-        return "<code>" + html.escape(" · ".join(parts)) + "</code>"
+
+        model = []
+        if "accuracy" in last:
+            model.append(_accuracy_text(*last["accuracy"]))
+        if flops:
+            model.append(f"fwd {_si(flops)}FLOPs/img" + (f" (dense {_si(dense).strip()})" if dense and dense != flops
+                                                           else ""))
+        # MFU only where the device's peak FLOP/s is known (a GPU in devices' table): none at all on a CPU.
+        utilisation = ended.mfu if ended is not None else mfu(flops, throughput, self.device, run.knobs.amp)
+        if utilisation is not None:
+            model.append(f"MFU {utilisation:.1%}")
+        if memory:
+            model.append(_memory_text(memory, self.device))
+        lines = [parts] + ([model] if model else [])
+        return "<br>".join("<code>" + html.escape(" · ".join(line)) + "</code>" for line in lines)
 
     def _show_error(self, message: str) -> None:
         self.errors.value = (f"<div style='color:#b00020;white-space:pre-wrap'>{html.escape(message)}</div>"
