@@ -101,6 +101,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class _Printed(str):
+    """Text already printed: as the last line of a cell it is not shown a second time."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
 def reveal(name: str, measured: Any, explain: str = "", *, unit: str = "", close: float = 0.25) -> str:
     """Print the prediction for `name` beside the `measured` value and a one-line `explain`; returns the text.
 
@@ -125,7 +132,7 @@ def reveal(name: str, measured: Any, explain: str = "", *, unit: str = "", close
     question = prediction.question if prediction is not None else name
     text = f"{question}\n  {verdict}" + (f"\n  why: {explain}" if explain else "")
     print(text)
-    return text
+    return _Printed(text)
 
 
 def _closeness(answer: float, measured: Any, close: float) -> str:
