@@ -296,6 +296,9 @@ def curves(results: dict[Any, Any], knob: str, frame: str = "history") -> pd.Dat
     parts = []
     for label, result in results.items():
         part = getattr(result, frame).copy()
+        if knob in part.columns:
+            raise ValueError(f"curves: the {frame} frames already have a {knob!r} column; label the runs with "
+                             f"another name, e.g. curves(results, \"{knob} setting\")")
         part.insert(0, knob, str(label))
         parts.append(part)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
