@@ -143,17 +143,6 @@ def who_table(entries: list[Entry]) -> str:
 
 
 # ---- (b) every run on one chart ------------------------------------------------------------------------------------
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other beats on both coordinates (higher is better), by rising first coordinate."""
-    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front[::-1]
-
-
 def _hover(e: Entry, run: dict[str, Any]) -> str:
     from ..config import COLUMNS
 
@@ -167,6 +156,8 @@ def runs_figure(entries: list[Entry]):
     """Throughput (log) against test accuracy: one colour per student, a dashed frontier per machine."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
+
+    from ..lab.plots import pareto_front
 
     palette = qualitative.Plotly + qualitative.D3 + qualitative.Set2
     fig = go.Figure()
@@ -184,7 +175,7 @@ def runs_figure(entries: list[Entry]):
         by_machine.setdefault(e.machine_name, []).extend((r["throughput"], r["accuracy"]) for r in runs)
         colour_of_machine.setdefault(e.machine_name, colour)
     for machine, points in by_machine.items():
-        front = [points[i] for i in pareto_front(points)]
+        front = [points[i] for i in pareto_front([p[0] for p in points], [p[1] for p in points])]
         fig.add_trace(go.Scatter(
             name=f"frontier · {esc(machine)}", x=[p[0] for p in front], y=[p[1] for p in front],
             mode="lines", line=dict(dash="dash", width=1.5, color=colour_of_machine[machine]), hoverinfo="text",
