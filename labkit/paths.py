@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -17,3 +18,18 @@ def data_dir() -> Path:
 def default_db() -> Path:
     """The results store: `LABKIT_DB`, else labkit.db in the data folder."""
     return Path(os.environ["LABKIT_DB"]) if os.environ.get("LABKIT_DB") else data_dir() / "labkit.db"
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file renamed into place: a reader never sees half a file. The
+    file gets the permissions open() would give it (0666 less the umask), not a temporary file's 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False,
+                                     encoding="utf-8") as tmp:
+        tmp.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp.name, 0o666 & ~umask)
+    os.replace(tmp.name, path)
+    return path

@@ -15,15 +15,17 @@ Non-finite numbers are written as null, so a NaN can never pass a baseline band.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..paths import write_atomically
 
 
 METRICS_ENV = "LABKIT_METRICS"
@@ -32,8 +34,10 @@ _lesson_file: Path | None = None  # set by begin()
 
 
 # ---- recording figures -----------------------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    """A JSON-ready copy of a figure: numpy/torch scalars become numbers, NaN and inf become None."""
+def plain(value: Any, strict: bool = True) -> Any:
+    """A JSON-ready copy: numpy/torch scalars become numbers, NaN, inf, NaT and NA become None, timestamps become
+    ISO strings (UTC when naive, as the store's are), tuples become lists. Anything else raises TypeError, or with
+    `strict=False` becomes its text."""
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy or torch scalar
         value = value.item()
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -43,11 +47,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v, strict) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v, strict) for v in value]
+    if type(value).__name__ in ("NaTType", "NAType"):
+        return None
+    if isinstance(value, dt.datetime):  # pandas Timestamps too
+        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
     if hasattr(value, "tolist"):
-        return _plain(value.tolist())
+        return plain(value.tolist(), strict)
+    if not strict:
+        return str(value)
     raise TypeError(f"record: {type(value).__name__} is not a number, string, list or dict")
 
 
@@ -69,19 +79,13 @@ def record(name: str, value: Any, path: str | os.PathLike | None = None) -> Any:
     """Record one figure under `name` (merged with what the file already holds) and return it unchanged."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"record: the name must be a non-empty string, not {name!r}")
-    plain = _plain(value)
-    _recorded[name] = plain
+    figure = plain(value)
+    _recorded[name] = figure
     file = metrics_file(path)
     if file is not None:
         figures = read_metrics(file)
-        figures[name] = plain
-        file.parent.mkdir(parents=True, exist_ok=True)
-        # Write a temporary file and rename it: a reader never sees half a file.
-        with tempfile.NamedTemporaryFile("w", dir=file.parent, prefix=file.name, suffix=".tmp",
-                                         delete=False) as tmp:
-            json.dump(figures, tmp, indent=1, sort_keys=True, allow_nan=False)
-        os.chmod(tmp.name, 0o644)  # a temporary file is private (0600); the figures are for sharing
-        os.replace(tmp.name, file)
+        figures[name] = figure
+        write_atomically(file, json.dumps(figures, indent=1, sort_keys=True, allow_nan=False))
     return value
 
 

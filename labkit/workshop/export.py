@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-import math
 import os
 import platform
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..paths import write_atomically
 
 FORMAT = "labkit-export"
 VERSION = 1
@@ -27,32 +27,10 @@ METRICS_SUFFIX = ".metrics.json"
 
 
 def plain(value: Any) -> Any:
-    """A JSON-ready copy: numpy and pandas scalars become Python values, NaN/inf/NaT/NA become None, timestamps
-    become ISO strings (UTC), tuples become lists."""
-    if value is None or isinstance(value, (str, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dt.datetime):  # pandas Timestamps too; the store's are naive UTC
-        if getattr(value, "tzinfo", None) is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        try:
-            return value.isoformat()
-        except ValueError:  # NaT
-            return None
-    if type(value).__name__ in ("NaTType", "NAType"):
-        return None
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # a numpy (or torch) scalar
-        return plain(value.item())
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "tolist"):
-        return plain(value.tolist())
-    return str(value)
+    """A JSON-ready copy (lessons.plain; a value of an unexpected type becomes its text)."""
+    from ..lessons import plain as json_ready
+
+    return json_ready(value, strict=False)
 
 
 def now() -> str:
@@ -152,13 +130,6 @@ def collect(store: Any = None, lessons_dir: str | os.PathLike | None = None, stu
             "machine": machine_facts(), "store": db, "runs": runs, "lessons": entries}
 
 
-def _readable(path: str) -> None:
-    """Give a temporary file (created 0600) the permissions of a file made with open(): 0666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -169,12 +140,7 @@ def export(path: str | os.PathLike, store: Any = None, lessons_dir: str | os.Pat
     results store); `lessons_dir`: where lessons run in Jupyter keep their figures (default
     `lessons.lesson_dir()`); `metrics_dirs`: more folders of `<lesson>.metrics.json` (e.g. build/notebooks)."""
     doc = collect(store, lessons_dir, student, metrics_dirs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
-        json.dump(doc, tmp, indent=1, allow_nan=False)
-    _readable(tmp.name)
-    os.replace(tmp.name, path)
+    write_atomically(path, json.dumps(doc, indent=1, allow_nan=False))
     return doc
 
 

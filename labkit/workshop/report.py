@@ -14,12 +14,12 @@ import datetime as dt
 import html
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .export import _readable, load
+from ..paths import write_atomically
+from .export import load
 
 VERDICT_CLASS = {"holds": "holds", "does not hold here": "fails", "not applicable here": "na",
                  "not measured": "unmeasured"}
@@ -352,11 +352,5 @@ def build(files: Iterable[str | os.PathLike], out: str | os.PathLike) -> Path:
     if not files:
         raise ValueError("report: no exports given; each student makes one with `labkit export -o NAME.json`")
     page = render(_entries(files))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, prefix=out.name, suffix=".tmp", delete=False,
-                                     encoding="utf-8") as tmp:
-        tmp.write(page)
-    _readable(tmp.name)
-    os.replace(tmp.name, out)
+    out = write_atomically(out, page)
     return out
