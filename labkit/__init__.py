@@ -20,8 +20,11 @@ _EXPORTS = {
     "Lab": ("lab.panel", "Lab"),
     "run": ("api", "run"),
     "runs": ("api", "runs"),
+    "find_lr": ("finders", "find_lr"),
+    "find_batch_size": ("finders", "find_batch_size"),
     "record": ("lessons", "record"),
     "plots": ("lab.plots", None),
+    "synthetic": ("data.synthetic", None),
 }
 
 __all__ = list(_EXPORTS)

@@ -43,6 +43,8 @@ def _listeners(store, progress: bool, extra: Iterable[Listener]) -> list[Listene
     return found + list(extra)
 
 
-def runs(store: Store | str | Path | None = None, status: str | None = None, last: int | None = None) -> pd.DataFrame:
-    """The stored runs as a DataFrame (one row each: status, summary figures, configuration)."""
-    return (store if isinstance(store, Store) else Store(store)).runs(status=status, last=last)
+def runs(store: Store | str | Path | None = None, status: str | None = None, last: int | None = None,
+         kind: str | None = "train") -> pd.DataFrame:
+    """The stored runs as a DataFrame (one row each: status, summary figures, configuration). `kind`: training
+    runs by default; "find_lr" or "find_batch_size" for the finders' records, None for all."""
+    return (store if isinstance(store, Store) else Store(store)).runs(status=status, last=last, kind=kind)

@@ -6,6 +6,8 @@ import sys
 from typing import Any, Callable
 
 from .config import COLUMNS, KNOBS, RunConfig
+
+KNOB_NAMES = [knob.name for knob in KNOBS]
 from .techniques.base import Allowed
 from .signals import exit_code, stop_on_signals
 
@@ -53,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     runs_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
     runs_p.add_argument("--last", type=int, default=20, help="show the last N runs (0: all)")
     runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped", "interrupted"], default=None)
+    runs_p.add_argument("--kind", choices=["train", "find_lr", "find_batch_size"], default="train",
+                        help="training runs, or the finders' records")
+
+    lr_p = sub.add_parser("find-lr", help="LR range test: sweep the lr over ~100 steps, print the suggestions",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_config_flags(lr_p)
+    lr_p.add_argument("--start-lr", type=float, default=1e-5, help="the sweep's first lr")
+    lr_p.add_argument("--end-lr", type=float, default=10.0, help="the sweep's last lr")
+    lr_p.add_argument("--steps", type=int, default=100, help="optimizer steps in the sweep")
+    lr_p.add_argument("--plot", metavar="FILE.html", default=None, help="also write the curve as a Plotly page")
+    _add_store_flags(lr_p)
+
+    bs_p = sub.add_parser("find-batch-size", help="throughput and memory by batch size; the fastest with a margin",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_config_flags(bs_p)
+    bs_p.add_argument("--max-batch-size", type=int, default=4096, help="largest size to try")
+    bs_p.add_argument("--margin", type=float, default=0.2, help="share of the device's memory to keep free")
+    bs_p.add_argument("--time-limit", type=float, default=60.0, help="seconds: stop going up past this")
+    bs_p.add_argument("--plot", metavar="FILE.html", default=None, help="also write the figure as a Plotly page")
+    _add_store_flags(bs_p)
 
     sub.add_parser("knobs", help="print the table of knobs (Markdown): defaults, allowed values, mid-run changes")
 
@@ -60,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_arguments(sub.add_parser("notebooks", help="re-run the lesson notebooks and check their figures"))
     _add_workshop_commands(sub)
     return parser
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
+    parser.add_argument("--no-store", action="store_true", help="do not record it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_workshop_commands(sub) -> None:
@@ -85,10 +113,41 @@ def _add_workshop_commands(sub) -> None:
     report_p.add_argument("-o", "--output", required=True, metavar="class.html", help="the page to write")
 
 
+def _config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(**{knob.name: getattr(args, knob.name) for knob in KNOBS})
+
+
+def _cmd_find_lr(args: argparse.Namespace) -> int:
+    from .finders import find_lr
+
+    finding = find_lr(_config(args), start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
+                      store=False if args.no_store else args.db, progress=not args.quiet)
+    print(finding)
+    _write_plot(finding, args.plot)
+    return 0
+
+
+def _cmd_find_batch_size(args: argparse.Namespace) -> int:
+    from .finders import find_batch_size
+
+    finding = find_batch_size(_config(args), max_batch_size=args.max_batch_size, margin=args.margin,
+                              time_limit_s=args.time_limit, store=False if args.no_store else args.db,
+                              progress=not args.quiet)
+    print(finding)
+    _write_plot(finding, args.plot)
+    return 0 if finding.recommended is not None else EXIT_FAILED
+
+
+def _write_plot(finding, path: str | None) -> None:
+    if path:
+        finding.figure().write_html(path, include_plotlyjs=True)
+        print(f"wrote {path}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .api import run  # torch loads here, not for --help
 
-    config = RunConfig(**{knob.name: getattr(args, knob.name) for knob in KNOBS})
+    config = _config(args)
     store = False if args.no_store else args.db
     result = run(config, store=store, progress=not args.quiet)
     print(result.summary())
@@ -117,9 +176,15 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
     from .api import runs
 
-    table = runs(args.db, status=args.status, last=args.last or None)
+    table = runs(args.db, status=args.status, last=args.last or None, kind=args.kind)
     if table.empty:
-        print("no runs recorded yet: try `labkit run`")
+        print("no runs recorded yet: try `labkit run`" if args.kind == "train" else f"no {args.kind} records yet")
+        return 0
+    if args.kind != "train":  # a finder's record: its configuration's changes and its findings
+        table["settings"] = [", ".join(f"{k}={v}" for k, v in RunConfig.from_dict(
+            {k: row[k] for k in KNOB_NAMES if k in row}).changed().items()) for _, row in table.iterrows()]
+        table["found"] = [_found(summary) for summary in table["summary"]]
+        print(table[["id", "status", "started", "settings", "found"]].to_string(index=False))
         return 0
     table["precision"] = [_precision(*row) for row in
                           table.reindex(columns=["amp", "precision", "precision_native"]).itertuples(index=False)]
@@ -132,6 +197,12 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     table = table.astype(object).where(table.notna(), "-")  # a knob added after a run was stored
     print(table.to_string(index=False))
     return 0
+
+
+def _found(summary: dict) -> str:
+    if "suggestions" in summary:
+        return ", ".join(f"{k} {v:.3g}" for k, v in summary["suggestions"].items()) or "no suggestion"
+    return f"batch_size {summary.get('recommended')} (largest that fits {summary.get('largest_that_fits')})"
 
 
 def _cmd_notebooks(args: argparse.Namespace) -> int:
@@ -172,6 +243,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "knobs": _cmd_knobs, "notebooks": _cmd_notebooks,
+            "find-lr": _cmd_find_lr, "find-batch-size": _cmd_find_batch_size,
             "doctor": _cmd_doctor, "export": _cmd_export, "report": _cmd_report}
 
 

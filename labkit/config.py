@@ -66,6 +66,11 @@ COLUMNS = tuple(k.name for k in KNOBS if k.column)
 
 
 class _Methods:
+    def __post_init__(self) -> None:
+        for knob in KNOBS:  # a list from JSON or papermill where the knob holds a tuple (schedule's milestones)
+            if isinstance(knob.default, tuple) and isinstance(getattr(self, knob.name), list):
+                setattr(self, knob.name, tuple(getattr(self, knob.name)))
+
     def check_values(self) -> "RunConfig":
         """Check each field alone; raise ValueError naming the field, its value and what is allowed."""
         for knob in KNOBS:

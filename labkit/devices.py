@@ -82,6 +82,14 @@ def cpu_bf16_units() -> list[str]:
     return [label for flag, label in _CPU_BF16_UNITS.items() if flag in flags]
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def precisions(device: torch.device) -> dict[str, Precision]:
     """For each `amp` mode ("off", "bf16", "fp16"): whether `device` runs it, and whether natively.
 

@@ -86,7 +86,8 @@ class LiveRun:
             config = RunConfig.from_dict(config)
         self.config = config.replace(**overrides).validate()
         self.controls = Controls()
-        recorder = [] if store is False else [(store if isinstance(store, Store) else Store(store)).recorder()]
+        self._store = False if store is False else store if isinstance(store, Store) else Store(store)
+        recorder = [] if store is False else [self._store.recorder()]
         self._recorder = recorder[0] if recorder else None
         # The trainer is built here, in the caller's thread: a bad configuration raises before any thread starts.
         self._listeners = [self._watch, *recorder, *listeners]
@@ -140,6 +141,38 @@ class LiveRun:
             raise RuntimeError(f"this run has ended ({self.status}): start a new LiveRun to train again.")
         self.trainer.check_change(knobs)
         self.controls.request(**knobs)
+
+    def find_lr(self, wait: bool = True, **options: Any):
+        """The LR range test on this run's model, now (labkit.finders.lr_range_test's `options`): the training
+        thread runs it at the next step boundary (paused or not), then puts the model, optimizer and generators
+        back, and the run goes on where it was. Returns the LRFinding (`wait=False`: a Future of it). Recorded in
+        the run's store as a "find_lr" run linked to this one."""
+        from . import finders
+
+        return self._task(lambda trainer: finders._finish_lr(
+            trainer, self._store, finders.lr_range_test(trainer, **options), {"during_run": self.run_id}), wait)
+
+    def find_batch_size(self, wait: bool = True, **options: Any):
+        """Time batch sizes on this run's model, now (labkit.finders.batch_size_search's `options`), as
+        `find_lr` does; the run goes on with its own batch size (set it from the recommendation if you like)."""
+        from . import finders
+
+        return self._task(lambda trainer: finders._finish_batch_size(
+            trainer, self._store, finders.batch_size_search(trainer, **options), {"during_run": self.run_id}), wait)
+
+    def _task(self, task, wait: bool):
+        if not self.running:
+            raise RuntimeError(f"this run is {self.status}: a finder inside a run needs it training; "
+                               "use labkit.find_lr(config) / labkit.find_batch_size(config) before a run.")
+        future = self.controls.submit(task)
+        if not wait:
+            return future
+        with stop_on_signals():  # short waits, so an interrupt reaches the kernel
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except TimeoutError:
+                    continue
 
     def pause(self) -> None:
         """Hold the loop at the next step boundary (the paused time is not counted in throughput)."""

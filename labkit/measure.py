@@ -70,3 +70,29 @@ class Meter:
         total = {k: sum(s[k] for s in self.segments) for k in ("timed_images", "timed_s", "data_s", "compute_s")}
         total["throughput"] = total["timed_images"] / total["timed_s"] if total["timed_s"] > 0 else None
         return total
+
+
+def data_share(data_s: float, compute_s: float) -> float | None:
+    """The share of the timed step time spent getting the batch (None when nothing was timed)."""
+    total = data_s + compute_s
+    return data_s / total if total > 0 else None
+
+
+def input_verdict(share: float | None, streamed: bool, num_workers: int, cores: int) -> str:
+    """Whether the steps wait for data, and what to try: the sentence the panel, the CLI and RunResult show."""
+    if share is None:
+        return ""
+    if share < 0.1:
+        return (f"compute-bound: getting the data takes {share:.0%} of each step, so faster loading (more workers, "
+                "the device loader) cannot speed it up")
+    if not streamed:
+        advice = ("the data is already on the device, so this is indexing and augmentation: a lighter augment, "
+                  "or a larger model per image, changes it")
+    elif num_workers < cores - 1:  # one core stays with the training process
+        advice = (f"try num_workers={min(cores - 1, 8)} (this machine has {cores} CPU cores, one stays with "
+                  "training) or loader='device' (decoded once, before training)")
+    else:
+        advice = (f"with {cores} CPU cores, more workers would take cores from training itself; try "
+                  "loader='device' (decoded once, before training) or smaller stored images")
+    kind = "input-bound" if share >= 0.3 else "partly input-bound"
+    return f"{kind}: {share:.0%} of each step waits for data; {advice}"

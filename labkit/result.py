@@ -11,7 +11,8 @@ from .config import RunConfig
 
 SUMMARY_FIELDS = ("status", "throughput", "accuracy", "train_accuracy", "time_s", "peak_memory_bytes",
                   "flops_per_image", "dense_flops_per_image", "params", "dense_params", "sparsity", "mfu",
-                  "steps", "micro_steps", "compile_s", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s", "device", "precision",
+                  "steps", "micro_steps", "compile_s", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s",
+                  "data_share", "input_verdict", "device", "precision",
                   "precision_native", "error")
 
 
@@ -39,8 +40,10 @@ class RunResult:
     compile_s: float | None = None  # a compiled run's first step: the compilation, never counted in throughput
     loss_scale: float | None = None
     skipped_steps: int = 0
-    data_time_s: float = 0.0
-    compute_time_s: float = 0.0
+    data_time_s: float = 0.0  # timed steps: getting each batch (waiting for a DataLoader, indexing, augmenting)
+    compute_time_s: float = 0.0  # timed steps: forward, backward and the update
+    data_share: float | None = None  # data_time_s over both: how much the steps wait for data
+    input_verdict: str = ""  # what data_share means and what to try (labkit.measure.input_verdict)
     device: str = ""
     precision: str = "fp32"  # what the run computed in at its end: fp32, bf16 or fp16 (amp="auto" resolved)
     precision_native: bool = True  # False: the device emulates it (see precision_note), expect it to be slow
@@ -72,6 +75,7 @@ class RunResult:
             ("time", f"{self.time_s:.1f} s ({self.steps} steps"
                      + (f", {self.micro_steps} micro-steps)" if self.micro_steps != self.steps else ")")),
             ("data / compute", f"{self.data_time_s:.2f} s / {self.compute_time_s:.2f} s (timed steps)"),
+            *([("input", self.input_verdict)] if self.input_verdict else []),
             ("peak memory", _fmt(self.peak_memory_bytes and self.peak_memory_bytes / 2**20, "{:,.0f} MiB")),
             ("params", _pair(self.dense_params, self.params, "{:,}")),
             ("FLOPs/image", _pair(self.dense_flops_per_image, self.flops_per_image, "{:,.3g}")),

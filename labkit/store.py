@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     host TEXT,
     pid INTEGER,
-    process TEXT
+    process TEXT,
+    run_kind TEXT NOT NULL DEFAULT 'train'
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -96,8 +97,9 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             known = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-            for column, kind in (("host", "TEXT"), ("pid", "INTEGER"), ("process", "TEXT")):
-                if column not in known:  # a store written before runs recorded their process
+            for column, kind in (("host", "TEXT"), ("pid", "INTEGER"), ("process", "TEXT"),
+                                 ("run_kind", "TEXT NOT NULL DEFAULT 'train'")):
+                if column not in known:  # a store written before runs recorded their process (or kind)
                     try:
                         with db:
                             db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
@@ -116,12 +118,13 @@ class Store:
             cursor = db.executemany(sql, rows) if len(rows) != 1 else db.execute(sql, rows[0])
             return cursor.lastrowid
 
-    def start_run(self, config: dict, info: dict) -> int:
+    def start_run(self, config: dict, info: dict, kind: str = "train") -> int:
+        """A new run, "running"; `kind` is "train", or a finder's ("find_lr", "find_batch_size")."""
         pid = os.getpid()
-        return self._write("INSERT INTO runs (started_at, status, config, info, host, pid, process) "
-                           "VALUES (?, 'running', ?, ?, ?, ?, ?)",
+        return self._write("INSERT INTO runs (started_at, status, config, info, host, pid, process, run_kind) "
+                           "VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
                            [(time.time(), _json(config), _json(info), socket.gethostname(), pid,
-                             process_identity(pid))])
+                             process_identity(pid), kind)])
 
     def mark_interrupted(self) -> list[int]:
         """Mark as "interrupted" the runs of this host still "running" whose process is gone; returns their ids."""
@@ -156,21 +159,25 @@ class Store:
         with closing(self._connect()) as db:
             return db.execute(sql, args).fetchall()
 
-    def runs(self, status: str | None = None, last: int | None = None) -> pd.DataFrame:
-        """One row per run: id, status, times, every configuration field and the summary figures."""
-        sql = "SELECT id, started_at, ended_at, status, config, summary, error, info FROM runs"
-        args: tuple = ()
-        if status is not None:
-            sql, args = sql + " WHERE status = ?", (status,)
+    def runs(self, status: str | None = None, last: int | None = None, kind: str | None = "train") -> pd.DataFrame:
+        """One row per run: id, status, times, every configuration field and the summary figures. `kind`:
+        training runs by default; "find_lr" or "find_batch_size" for the finders' (their figures are under
+        "summary"); None for all."""
+        sql = "SELECT id, started_at, ended_at, status, config, summary, error, info, run_kind FROM runs"
+        where = [(c, v) for c, v in (("status", status), ("run_kind", kind)) if v is not None]
+        args: tuple = tuple(v for _, v in where)
+        if where:
+            sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
         sql += " ORDER BY id DESC" + (f" LIMIT {int(last)}" if last else "")
         rows = []
-        for run_id, started, ended, st, config, summary, error, info in reversed(self._query(sql, args)):
+        for run_id, started, ended, st, config, summary, error, info, run_kind in reversed(self._query(sql, args)):
             figures = json.loads(summary) if summary else {}
             # The configuration first: its device ('auto') gives way to the device the run really used.
             rows.append({**json.loads(config), "id": run_id, "status": st,
                          "started": pd.Timestamp(started, unit="s"),
                          **{k: figures.get(k) for k in SUMMARY_FIELDS if k not in ("status", "error")},
-                         "error": error, "device_name": json.loads(info).get("device_name")})
+                         "error": error, "device_name": json.loads(info).get("device_name"), "kind": run_kind,
+                         **({"summary": figures} if run_kind != "train" else {})})
         columns = ["id", "status", "started", *[k for k in SUMMARY_FIELDS if k not in ("status", "error")], "error"]
         return pd.DataFrame(rows, columns=None if rows else columns)
 

@@ -21,7 +21,8 @@ import gc
 import math
 import threading
 import time
-from typing import Any, Iterable
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import torch
@@ -30,9 +31,9 @@ import torch.nn.functional as F
 from . import data as data_mod, devices, models
 from .config import KNOBS, LIVE_KNOBS, RunConfig
 from .events import ChangeDropped, EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
-from .measure import Meter
+from .measure import Meter, data_share, input_verdict
 from .result import RunResult
-from .techniques import AT, Context, grad_accum, optimizers, precision, pruning, schedule
+from .techniques import AT, Context, data_loading, grad_accum, optimizers, precision, pruning, schedule
 
 
 class NonFiniteLoss(RuntimeError):
@@ -46,11 +47,14 @@ class Stopped(Exception):
 class Controls:
     """A thread-safe mailbox between a caller (a live run, a widget) and the training loop.
 
-    The caller requests changes, pauses or a stop; the loop collects them at its next step boundary."""
+    The caller requests changes, pauses, a stop, or work on the model (`submit`, e.g. an LR range test); the loop
+    collects them at its next step boundary, so only the training thread ever touches the model."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._pending: dict[str, Any] = {}
+        self._tasks: list[tuple[Callable, Future]] = []
+        self._work = threading.Event()  # set by resume, stop or submit: what a paused loop waits for
         self._applying = False  # taken by the loop, not yet applied (or dropped)
         self._stop = threading.Event()
         self.stop_reason: str | None = None
@@ -76,18 +80,53 @@ class Controls:
         with self._lock:
             return bool(self._pending) or self._applying
 
+    def submit(self, task: Callable[["Trainer"], Any]) -> Future:
+        """Run `task(trainer)` in the training thread at the next step boundary (paused or not); its result or
+        exception arrives in the returned Future. The time it takes is never counted as training."""
+        future: Future = Future()
+        with self._lock:
+            self._tasks.append((task, future))
+        self._work.set()
+        return future
+
+    def run_tasks(self, trainer: "Trainer") -> bool:
+        """Run the submitted tasks (in the training thread); True if there were any."""
+        with self._lock:
+            tasks, self._tasks = self._tasks, []
+        for task, future in tasks:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(task(trainer))
+                except BaseException as exc:  # noqa: BLE001 - the caller gets it from the Future
+                    future.set_exception(exc)
+        return bool(tasks)
+
+    def has_tasks(self) -> bool:
+        with self._lock:
+            return bool(self._tasks)
+
+    def cancel_tasks(self, reason: str) -> None:
+        """The run has ended: tasks never run fail with `reason`."""
+        with self._lock:
+            tasks, self._tasks = self._tasks, []
+        for _, future in tasks:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError(reason))
+
     def stop(self, reason: str | None = None) -> None:
         """Stop at the next step boundary; `reason` (e.g. "stopped by SIGTERM") is recorded as the run's error."""
         if self.stop_reason is None:  # the first reason given is the one recorded
             self.stop_reason = reason
         self._stop.set()
         self._resumed.set()  # a paused run must wake up to stop
+        self._work.set()
 
     def pause(self) -> None:
         self._resumed.clear()
 
     def resume(self) -> None:
         self._resumed.set()
+        self._work.set()
 
     @property
     def paused(self) -> bool:
@@ -97,8 +136,10 @@ class Controls:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
-    def wait_until_resumed(self) -> None:
-        self._resumed.wait()
+    def wait_for_work(self) -> None:
+        """Block a paused loop until it is resumed, stopped or given a task."""
+        self._work.wait()
+        self._work.clear()
 
 
 class _Clock:
@@ -158,7 +199,7 @@ class Trainer:
         self.t0 = time.perf_counter()
         status, error, failure, started = "completed", None, None, False
         try:  # set-up inside: a failure while loading the data or building the model ends the run like any other
-            self._setup()
+            self.setup()
             started = True
             self._emit(RunStarted(self.config.to_dict(), self.info, self.total_steps))
             self._start_segment({})
@@ -174,6 +215,8 @@ class Trainer:
             failure = None if _is_out_of_memory(exc) else exc
         if not started:
             self._emit(RunStarted(self.config.to_dict(), self.info, self.total_steps))
+        if self.controls is not None:
+            self.controls.cancel_tasks(f"the run ended ({status}) before it got to the task")
         result = self._result(status, error)
         self._release_memory()
         self._emit(RunEnded(result))
@@ -201,29 +244,36 @@ class Trainer:
 
     def _train_step(self, micro_batches, data_start) -> None:
         """One optimizer step: forward and backward over each micro-batch, then the update."""
-        k = self.knobs
+        optimizers.set_lr(self.optimizer, self._peak_lr() * self._lr_factor())  # this step's lr, from progress
         # Data: normalise, then each technique's batch transform (augmentation, memory format).
-        batches = [self._prepare_batch(images, labels) for images, labels in micro_batches]
+        batches = [self.prepare_batch(images, labels) for images, labels in micro_batches]
         compute_start = self.clock.mark()
-        step_loss = 0.0
-        for x, y in batches:
-            with precision.autocast_context(self.device, k.amp):
-                loss = self.loss_fn(self.train_model(x), y) / len(batches)  # the mean over the effective batch
-            self.scaler.scale(loss).backward()  # gradients add up over the micro-batches
-            step_loss += loss.detach()
-            self.micro_steps += 1
-        self.scaler.step(self.optimizer)  # skipped by fp16's GradScaler when the gradients overflowed
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = self.learn(batches)
+        self.micro_steps += len(batches)
         self.marks.append((data_start, compute_start, self.clock.mark()))
         self.losses.append(step_loss)
         images = sum(len(y) for _, y in micro_batches)
         self.step += 1
         self.images_seen += images
         self.meter.step(images)
-        optimizers.set_lr(self.optimizer, self._peak_lr() * self._lr_factor())
 
-    def _prepare_batch(self, images, labels):
+    def learn(self, batches) -> torch.Tensor:
+        """Forward and backward over each prepared micro-batch, then the update; returns the loss (on the
+        device: reading it would synchronise). The finders (labkit.finders) take their steps through here too."""
+        step_loss = 0.0
+        for x, y in batches:
+            with precision.autocast_context(self.device, self.knobs.amp):
+                loss = self.loss_fn(self.train_model(x), y) / len(batches)  # the mean over the effective batch
+            self.scaler.scale(loss).backward()  # gradients add up over the micro-batches
+            step_loss += loss.detach()
+        self.scaler.step(self.optimizer)  # skipped by fp16's GradScaler when the gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss
+
+    def prepare_batch(self, images, labels):
+        """A uint8 batch from the pipeline -> the float batch that trains: normalised, then each technique's
+        batch transform (augmentation, memory format)."""
         x, y = data_mod.normalize(images, self.data), labels
         for technique in AT["batch"]:
             x, y = technique.batch(x, y, self.knobs, self.ctx)
@@ -241,17 +291,23 @@ class Trainer:
     def _between_steps(self) -> None:
         """The step boundary: log, then apply what is due (a technique's scheduled change, live changes, pause,
         stop)."""
-        if self.meter.log_due():
-            self._log()
+        loss = self._log() if self.meter.log_due() else None
         due = {}
         for technique in AT["due"]:
             due.update(technique.due(self._progress(), self.config, self.knobs))
+        if loss is not None:
+            for technique in AT["observe"]:
+                due.update(technique.observe(loss, self.knobs, self.ctx))
         if due:
             self.apply(due)
         if self.controls is not None:
-            if self.controls.paused:
-                self._log()
-                self.controls.wait_until_resumed()
+            if self.controls.paused or self.controls.has_tasks():
+                self._log()  # neither the pause nor a task is training time
+                while self.controls.run_tasks(self) or self.controls.paused:
+                    if self.controls.paused and not self.controls.stop_requested:
+                        self.controls.wait_for_work()
+                    if self.controls.stop_requested:
+                        break
                 self._restart_interval()
             if self.controls.stop_requested:
                 self._log()
@@ -320,10 +376,11 @@ class Trainer:
         self.meter.restart(time.perf_counter())
         self.marks, self.losses = [], []
 
-    def _log(self) -> None:
-        """Synchronise, account the interval since the last point, and emit a Logged event."""
+    def _log(self) -> float | None:
+        """Synchronise, account the interval since the last point, and emit a Logged event; returns the
+        interval's mean loss (None when no step was taken since the last point)."""
         if not self.losses:
-            return
+            return None
         losses = torch.stack(self.losses).float().tolist()  # one sync for the whole interval
         devices.synchronize(self.device)
         now = time.perf_counter()
@@ -342,6 +399,7 @@ class Trainer:
                      skipped_steps=self.step - self.optimizer_steps, grad_accum=self.knobs.grad_accum)
         self.history_rows.append({k: v for k, v in vars(row).items() if k != "kind"})
         self._emit(row)
+        return row.loss
 
     def _evaluate(self, epoch_time_s: float) -> None:
         test_acc = self._accuracy(self.test_batches.eval_batches())
@@ -369,15 +427,17 @@ class Trainer:
         return int(correct) / max(seen, 1)
 
     # ---- set-up and the end --------------------------------------------------------------------------------
-    def _setup(self) -> None:
+    def setup(self) -> None:
+        """Load the data and build the model, optimizer and scaler (`run` calls it; the finders too)."""
         cfg, k = self.config, self.knobs
         devices.reset_peak_memory(self.device)
         torch.manual_seed(cfg.seed)  # initial weights, and mixup's draws
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)  # data order and augmentation
         self.data = data_mod.load(cfg.dataset, cfg.train_size, cfg.test_size)
         self.data.mean, self.data.std = self.data.mean.to(self.device), self.data.std.to(self.device)
-        self.train_batches = data_mod.batches(self.data.train, cfg.loader, self.device)
-        self.test_batches = data_mod.batches(self.data.test, cfg.loader, self.device)
+        loading = data_loading.loader_options(cfg, self.device)
+        self.train_batches = data_mod.batches(self.data.train, cfg.loader, self.device, loading)
+        self.test_batches = data_mod.batches(self.data.test, cfg.loader, self.device, loading)
         step_images = cfg.batch_size * cfg.grad_accum
         if step_images > len(self.train_batches):
             raise ValueError(f"batch_size={cfg.batch_size} x grad_accum={cfg.grad_accum} is larger than the "
@@ -428,7 +488,8 @@ class Trainer:
         return max(by_images, self.step / self.config.max_steps) if self.config.max_steps else by_images
 
     def _lr_factor(self) -> float:
-        return schedule.lr_factor(min(self._progress(), 1.0), self.config.schedule, self.config.warmup)
+        k = self.knobs
+        return schedule.lr_factor(min(self._progress(), 1.0), k.schedule, k.warmup, k.milestones, k.decay)
 
     def _done(self) -> bool:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
@@ -449,11 +510,15 @@ class Trainer:
                     "or use amp='bf16'.")
         if isinstance(exc, ValueError):  # a setting or missing data: its message names the fix
             return str(exc)
+        if "DataLoader" in str(exc):  # a worker died or hung (torch names the worker and the signal)
+            return (f"{exc}: the data loader's worker processes failed (num_workers={self.config.num_workers}); "
+                    "a worker killed for memory or hung on a file is the usual cause: try fewer workers, "
+                    "num_workers=0 to see the error in this process, or loader='device'.")
         return f"{type(exc).__name__}: {exc}"
 
     def _result(self, status: str, error: str | None) -> RunResult:
         totals = self.meter.totals()
-        throughput = totals["throughput"]
+        throughput, share = totals["throughput"], data_share(totals["data_s"], totals["compute_s"])
         last = self.epochs_rows[-1] if self.epochs_rows else {}
         used = self.precisions[self.knobs.amp]
         figures = {}
@@ -471,13 +536,18 @@ class Trainer:
             steps=self.step, micro_steps=self.micro_steps, compile_s=self.compile_s,
             loss_scale=precision.scale_of(self.scaler) if self.scaler is not None else None,
             skipped_steps=self.step - self.optimizer_steps,
-            data_time_s=totals["data_s"], compute_time_s=totals["compute_s"],
+            data_time_s=totals["data_s"], compute_time_s=totals["compute_s"], data_share=share,
+            input_verdict=input_verdict(share, data_loading._streams(self.config), self.config.num_workers,
+                                        devices.cpu_cores()),
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
             segments=pd.DataFrame(self.meter.segments))
 
     def _release_memory(self) -> None:
         """Drop what the run held on the device, so the kernel can start the next run (after an OOM too)."""
         self.losses, self.marks = [], []
+        for pipeline in (getattr(self, "train_batches", None), getattr(self, "test_batches", None)):
+            if hasattr(pipeline, "close"):  # a DataLoader's worker processes end with the run
+                pipeline.close()
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         gc.collect()

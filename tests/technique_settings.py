@@ -10,10 +10,12 @@ SETTINGS = {
     "augment": dict(config={"augment": "cutmix"}, live={"augment": "mixup"}),
     "pruning": dict(config={"prune": 0.5, "prune_method": "channels", "prune_at": 0.0}, live={"prune": 0.5}),
     "optimizer": dict(config={"optimizer": "adafactor"}, live={"optimizer": "adafactor"}),
-    "schedule": dict(config={"schedule": "constant"}, live=None),
+    "schedule": dict(config={"schedule": "cosine"}, live={"schedule": "step"}),
     "channels_last": dict(config={"channels_last": True}, live={"channels_last": True}),
     # A cold compile of the tiny CNN takes 25-35 s on 2 cores; the second run finds Inductor's cache warm.
     "compile": dict(config={"compile": "default"}, live=None, marks=[pytest.mark.slow]),
+    # One worker process streams the batches: the DataLoader path with its start method, timeout and clean-up.
+    "data_loading": dict(config={"loader": "dataloader", "num_workers": 1, "persistent_workers": True}, live=None),
 }
 
 

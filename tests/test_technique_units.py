@@ -111,9 +111,10 @@ def test_channels_last_converts_the_weights_and_batches_and_learns_the_same_func
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = channels_last.convert_batch(torch.randn(4, 3, 32, 32), True)
     assert x.is_contiguous(memory_format=torch.channels_last)
-    nchw = labkit.run(**TINY, progress=False, store=False, augment="none")
-    nhwc = labkit.run(**TINY, progress=False, store=False, augment="none", channels_last=True)
-    # Different kernels sum in a different order: equal up to float rounding, which grows a little per step.
+    nchw = labkit.run(**TINY, progress=False, store=False, augment="none", lr=0.01)
+    nhwc = labkit.run(**TINY, progress=False, store=False, augment="none", lr=0.01, channels_last=True)
+    # Different kernels sum in a different order: equal up to float rounding, which grows a little per step
+    # (a small lr: at the default, 0.05 at batch 32, the loss spikes and amplifies rounding chaotically).
     assert nhwc.history["loss"].tolist() == pytest.approx(nchw.history["loss"].tolist(), rel=1e-3)
 
 

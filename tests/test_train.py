@@ -61,12 +61,12 @@ def test_amp_sets_the_dtype_inside_the_forward_pass():
     dtypes = {}
     for amp in AMP_MODES:  # "auto" computes in what it resolves to on this machine
         trainer = Trainer(RunConfig(amp=amp, train_size=256, test_size=128, batch_size=64, max_steps=2))
-        original = trainer._setup
+        original = trainer.setup
 
         def setup(trainer=trainer, original=original, amp=amp):
             original()
             trainer.model[0].register_forward_hook(lambda m, i, out: dtypes.update({amp: out.dtype}) and None)
-        trainer._setup = setup
+        trainer.setup = setup
         trainer.run()
     auto = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
         labkit.devices.resolve_amp("auto", torch.device("cpu"))]

@@ -239,12 +239,15 @@ class _ResizableBatches(torch.utils.data.Sampler):
 
 
 class LoaderBatches:
-    """A split read through a torch DataLoader (images decoded by worker processes), moved to the device."""
+    """A split read through a torch DataLoader (images decoded by worker processes), moved to the device.
+    `options` are DataLoader arguments (labkit.techniques.data_loading.loader_options); `close()` ends the
+    workers (a stopped live run must not leave them behind)."""
 
-    def __init__(self, split: Split | TorchDataset, device: torch.device, num_workers: int = 0):
+    def __init__(self, split: Split | TorchDataset, device: torch.device, options: dict | None = None):
         self.dataset = TensorDataset(split.images, split.labels) if isinstance(split, Split) else split
-        self.device, self.num_workers = device, num_workers
+        self.device, self.options = device, dict(options or {})
         self.cpu_gen = torch.Generator()
+        self._open: list[Iterator] = []
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -253,23 +256,35 @@ class LoaderBatches:
         for images, labels in loader:
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
 
+    def _start(self, loader: DataLoader) -> Iterator:
+        self._open = [it for it in self._open if it.gi_frame is not None]  # drop finished ones
+        batches = self._to_device(loader)
+        self._open.append(batches)
+        return batches
+
     def train_batches(self, batch_size: Callable[[], int], gen: torch.Generator) -> Iterator:
         self.cpu_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
         sampler = _ResizableBatches(len(self), batch_size, self.cpu_gen)
-        return self._to_device(DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                          pin_memory=self.device.type == "cuda"))
+        return self._start(DataLoader(self.dataset, batch_sampler=sampler, **self.options))
 
     def eval_batches(self, limit: int | None = None) -> Iterator:
         ds = self.dataset if limit is None or limit >= len(self) else Subset(self.dataset, range(limit))
-        return self._to_device(DataLoader(ds, batch_size=EVAL_BATCH, num_workers=self.num_workers))
+        options = {**self.options, "persistent_workers": False}  # evaluation's workers end with the pass
+        return self._start(DataLoader(ds, batch_size=EVAL_BATCH, **options))
+
+    def close(self) -> None:
+        """Close every open pass: its DataLoader iterator goes, and with it the worker processes."""
+        for batches in self._open:
+            batches.close()
+        self._open = []
 
 
-def batches(split, loader: str, device: torch.device):
-    """The pipeline for a split: 'device' keeps it resident, 'dataloader' streams it; 'auto' keeps tensors
-    resident and streams image folders."""
+def batches(split, loader: str, device: torch.device, options: dict | None = None):
+    """The pipeline for a split: 'device' keeps it resident, 'dataloader' streams it (DataLoader `options`);
+    'auto' keeps tensors resident and streams image folders."""
     if loader == "device" or (loader == "auto" and isinstance(split, Split)):
         return DeviceBatches(split, device)
-    return LoaderBatches(split, device)
+    return LoaderBatches(split, device, options)
 
 
 def normalize(images: torch.Tensor, data: ImageData) -> torch.Tensor:

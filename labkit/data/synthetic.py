@@ -90,3 +90,46 @@ def generate(n: int, seed: int, chunk: int = 5000) -> tuple[torch.Tensor, torch.
 def train_and_test(train_seed: int = 1, test_seed: int = 2):
     """The standard split: 50,000 training and 10,000 test images."""
     return generate(TRAIN_SIZE, train_seed), generate(TEST_SIZE, test_seed)
+
+
+def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000, image_size: int = 96,
+           format: str = "jpeg", quality: int = 90, progress: bool = True):
+    """Write the synthetic dataset as an image folder of encoded files: `path/train/<class>/*.jpg` and
+    `path/test/<class>/*.jpg`, each image upscaled to `image_size` pixels (stored images are usually larger than
+    the resolution a model trains at). Train on it with `dataset="imagefolder:<path>"`: every image is then read,
+    decoded and resized to 32 px on the CPU, per image, as in a real input pipeline (lesson 09). Sizes cut the
+    splits (the same fixed subsets as train_size/test_size); None writes a whole split. Returns the path.
+    The folder is written under a temporary name and renamed when complete; an existing one is left alone."""
+    from pathlib import Path
+
+    from PIL import Image  # what ImageFolder decodes with (torchvision.io's codecs are deprecated)
+    from tqdm.auto import tqdm
+
+    from . import load
+
+    path = Path(path)
+    if format not in ("jpeg", "png"):
+        raise ValueError(f"format={format!r}: use 'jpeg' (lossy, smaller, slower to decode) or 'png'.")
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return path  # already exported: delete the folder to write it again
+    data = load("synthetic", train_size, test_size)
+    partial = path.with_name(path.name + ".partial")
+    suffix = ".jpg" if format == "jpeg" else ".png"
+    splits = (("train", data.train), ("test", data.test))
+    bar = tqdm(total=sum(len(s) for _, s in splits), desc=f"writing {path.name}", unit="img", disable=not progress)
+    for split_name, split in splits:
+        for name in CLASSES:
+            (partial / split_name / name).mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(split), 512):
+            images = split.images[start:start + 512]
+            if image_size != images.shape[-1]:
+                images = F.interpolate(images.float(), size=(image_size, image_size), mode="bicubic",
+                                       align_corners=False).round().clamp(0, 255).to(torch.uint8)
+            pixels = images.permute(0, 2, 3, 1).numpy()  # HWC, as image files hold them
+            for i, (image, label) in enumerate(zip(pixels, split.labels[start:start + 512].tolist())):
+                target = partial / split_name / CLASSES[label] / f"{start + i:06d}{suffix}"
+                Image.fromarray(image).save(target, **({"quality": quality} if format == "jpeg" else {}))
+            bar.update(len(images))
+    bar.close()
+    partial.rename(path)
+    return path

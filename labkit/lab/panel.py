@@ -8,9 +8,11 @@ the next step boundary, and shown as a new segment); with it off, or with no run
 the next run. Knobs that cannot change mid-run (epochs, compile) say "(next run)". Widget callbacks only call `LiveRun.set`, `start` and `stop`:
 the model is touched by the training thread alone.
 
-The status shows two lines: progress and speed (step, epoch, img/s, AMP, the segment), then the model: train and
+The status shows up to three lines: progress and speed (step, epoch, img/s, AMP, the segment), then the model: train and
 test accuracy with the generalisation gap, forward FLOPs per image (they drop after channel pruning), MFU where
-the device's peak FLOP/s is known (none on a CPU), and peak memory (GPU tensors, or the process's RSS on a CPU).
+the device's peak FLOP/s is known (none on a CPU), and peak memory (GPU tensors, or the process's RSS on a CPU);
+a third line says whether the steps wait for data, and what to try. "find lr" and "find batch size" measure
+before (or during) a run and offer their suggestions as buttons (labkit.lab.finder_tools).
 """
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ from .. import devices
 from ..config import KNOB, KNOBS, RunConfig
 from ..live import LiveRun
 from ..store import Store
-from ..techniques import TECHNIQUES, optimizers
+from ..measure import data_share, input_verdict
+from ..techniques import TECHNIQUES, data_loading, optimizers
 from ..techniques.base import Knob
 from ..train import mfu
 from .dashboard import Dashboard
+from .finder_tools import FinderTools
 
 _STATUS_INTERVAL_S = 0.25  # the status line is redrawn at most 4 times a second
 
@@ -75,7 +79,8 @@ def _memory_text(peak_bytes: int, device) -> str:
 
 
 def _read_value(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else value  # a slider's 0.30000000000000004 reads 0.3
+    # A slider's 0.30000000000000004 reads 0.3; significant digits, so an lr of 7.3e-4 stays 7.3e-4.
+    return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
 def _read(widget: widgets.Widget) -> Any:
@@ -101,7 +106,8 @@ class Lab:
         self.last_error: str | None = None  # the message the panel shows in red, if any
         self.status = widgets.HTML(self._status_text()).add_class("labkit-status")
         self.errors = widgets.HTML("").add_class("labkit-errors")
-        self.widget = widgets.VBox([self._controls_box, self.status, self.errors, self.dashboard.widget])
+        self.widget = widgets.VBox([self._controls_box, self.status, self.errors, self.finders.widget,
+                                    self.dashboard.widget])
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -122,7 +128,8 @@ class Lab:
         self.live.add_class("labkit-live")
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
-        rows.append(widgets.HBox([self.run_button, self.stop_button, self.live]))
+        self.finders = FinderTools(self)
+        rows.append(widgets.HBox([self.run_button, self.stop_button, self.live, self.finders.buttons]))
         self._controls_box = widgets.VBox(rows)
 
     def _control(self, knob: Knob, value: Any) -> widgets.Widget:
@@ -267,6 +274,9 @@ class Lab:
 
     def start(self) -> LiveRun | None:
         """Start a run with the panel's configuration (what Run does). A refusal is shown in the panel."""
+        if self.finders.busy and not self.training:
+            self._show_error("a finder is measuring on this device: start the run when it is done.")
+            return None
         try:
             run = LiveRun(self.config, store=self.store, listeners=self.listeners)
             run.start()
@@ -301,6 +311,7 @@ class Lab:
             last["logged"] = event
             if event.throughput:
                 last["throughput"] = event.throughput
+                last["data_share"] = data_share(event.data_s, event.compute_s)
         elif kind == "epoch_ended":
             last["accuracy"] = (event.train_accuracy, event.test_accuracy)
         elif kind == "segment_started":
@@ -363,6 +374,11 @@ class Lab:
         if memory:
             model.append(_memory_text(memory, self.device))
         lines = [parts] + ([model] if model else [])
+        share = ended.data_share if ended is not None else last.get("data_share")
+        if share is not None:  # does the run wait for data? (the verdict names what to try)
+            cfg = run.config
+            lines.append(["input: " + input_verdict(share, data_loading._streams(cfg), cfg.num_workers,
+                                                    devices.cpu_cores())])
         return "<br>".join("<code>" + html.escape(" · ".join(line)) + "</code>" for line in lines)
 
     def _show_error(self, message: str) -> None:

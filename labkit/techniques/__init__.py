@@ -7,7 +7,8 @@ RunConfig's fields, validation and CLI flags, the panel's controls, the README's
 """
 from __future__ import annotations
 
-from . import augment, channels_last, grad_accum, optimizers, precision, pruning, schedule, torch_compile
+from . import (augment, channels_last, data_loading, grad_accum, optimizers, precision, pruning, schedule,
+               torch_compile)
 from .base import POINTS, Context, Knob, Technique
 
 # The order is the order of the knobs in RunConfig and of the calls at each named point of the step.
@@ -20,6 +21,7 @@ TECHNIQUES: tuple[Technique, ...] = (
     schedule.TECHNIQUE,
     channels_last.TECHNIQUE,
     torch_compile.TECHNIQUE,
+    data_loading.TECHNIQUE,
 )
 
 

@@ -8,6 +8,7 @@ The named points, in the order the trainer calls them (see labkit.train):
     wrap(model, knobs)                 -> the model that trains (e.g. torch.compile); the raw model is kept
     batch(x, y, knobs, ctx)            -> (x, y): a normalised float batch before the forward pass
     due(progress, config, knobs)       -> knob changes due now (e.g. scheduled pruning)
+    observe(loss, knobs, ctx)          -> knob changes, after each logged point (e.g. plateau lowers the lr)
     check_change(old, new)             -> None, or why a mid-run change is refused
     change(model, old, new, ctx)       -> what to rebuild after a live change: {"optimizer", "scaler", "flops"}
                                           (None: nothing)
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-POINTS = ("start", "setup", "wrap", "batch", "due", "check_change", "change", "check")
+POINTS = ("start", "setup", "wrap", "batch", "due", "observe", "check_change", "change", "check")
 
 @dataclass(frozen=True)
 class Allowed:
@@ -98,6 +99,7 @@ class Technique:
     wrap: Callable | None = None
     batch: Callable | None = None
     due: Callable | None = None
+    observe: Callable | None = None
     check_change: Callable | None = None
     change: Callable | None = None
     check: Callable | None = None  # (config) -> None, or why this combination of values cannot run
@@ -117,3 +119,4 @@ class Context:
     num_classes: int
     example_input: Any  # a zero image batch of one, on the device
     gen: Any  # the run's torch.Generator (data order and augmentation)
+    state: dict = field(default_factory=dict)  # what a technique remembers during the run, under its name
