@@ -251,3 +251,23 @@ def test_export_writes_an_image_folder_that_trains(tmp_path):
     result = labkit.run(dataset=f"imagefolder:{path}", epochs=1, batch_size=50, width=8, log_every=1,
                         timing_warmup=1, progress=False, store=False)
     assert result.status == "completed" and result.steps == 4 and result.data_share is not None
+
+
+# ---- the panel -------------------------------------------------------------------------------------------
+def test_the_panel_finds_an_lr_and_its_suggestion_button_sets_the_control(tmp_path):
+    lab = labkit.Lab(RunConfig(**TINY), store=str(tmp_path / "runs.db"))
+    found = lab.finders.find_lr(steps=20, start_lr=1e-3).result(timeout=120)
+    buttons = lab.finders.choices.children
+    assert [b.description.split()[1] for b in buttons] == [s.name for s in found.suggestions]
+    buttons[-1].click()
+    assert lab.config.lr == pytest.approx(found.suggestions[-1].lr, rel=1e-2)
+    assert "LR range test" in lab.finders.message.value and len(lab.finders.figure.data) >= 3
+
+
+def test_the_panel_status_says_whether_the_run_waits_for_data(tmp_path):
+    import html
+
+    lab = labkit.Lab(RunConfig(**TINY, loader="dataloader"), store=str(tmp_path / "runs.db"))
+    lab.start()
+    result = lab.wait(120)
+    assert result.status == "completed" and html.escape(f"input: {result.input_verdict}") in lab.status.value
