@@ -32,7 +32,7 @@ from . import devices
 from .config import RunConfig
 from .store import Store
 from .techniques import grad_accum, optimizers
-from .train import Trainer, _is_out_of_memory
+from .train import Trainer, is_out_of_memory
 
 
 # ---- shared ---------------------------------------------------------------------------------------------------
@@ -242,13 +242,14 @@ def find_lr(config: RunConfig | dict | None = None, *, start_lr: float = 1e-5, e
     figure before trusting any of them. Inside a live run use `LiveRun.find_lr`. Recorded as a "find_lr" run."""
     trainer = _standalone(config, overrides)
     try:
-        return _finish_lr(trainer, store, lr_range_test(trainer, start_lr, end_lr, steps, smoothing, diverge,
+        return record_lr(trainer, store, lr_range_test(trainer, start_lr, end_lr, steps, smoothing, diverge,
                                                         on_point, progress))
     finally:
-        trainer._release_memory()
+        trainer.release_memory()
 
 
-def _finish_lr(trainer: Trainer, store, finding: LRFinding, info: dict | None = None) -> LRFinding:
+def record_lr(trainer: Trainer, store, finding: LRFinding, info: dict | None = None) -> LRFinding:
+    """Record an LR range test in `store` (False: nowhere) as a "find_lr" run; sets and returns its run_id."""
     summary = {"suggestions": {s.name: s.lr for s in finding.suggestions}, "stopped": finding.stopped,
                "lr": finding.lr, "steps": len(finding.curve), "device": str(trainer.device)}
     finding.run_id = _record(store, "find_lr", trainer, finding.curve.to_dict("records"), summary, "completed",
@@ -398,7 +399,7 @@ def batch_size_search(trainer: Trainer, sizes: list[int] | None = None, max_batc
                 row.update(throughput=throughput, peak_memory_bytes=peak, fits=True,
                            note="" if peak <= budget else "over the memory budget")
             except Exception as exc:  # noqa: BLE001 - an OOM ends the search; anything else is raised again
-                if not _is_out_of_memory(exc):
+                if not is_out_of_memory(exc):
                     raise
             row["seconds"] = time.perf_counter() - t0
             if not row["fits"]:  # release the failed step's tensors (its traceback is gone by now)
@@ -454,12 +455,13 @@ def find_batch_size(config: RunConfig | dict | None = None, *, sizes: list[int] 
     try:
         finding = batch_size_search(trainer, sizes, max_batch_size, margin, tolerance, time_limit_s,
                                     cap_bytes=memory_cap_bytes, progress=progress, on_point=on_point)
-        return _finish_batch_size(trainer, store, finding)
+        return record_batch_size(trainer, store, finding)
     finally:
-        trainer._release_memory()
+        trainer.release_memory()
 
 
-def _finish_batch_size(trainer: Trainer, store, finding: BatchSizeFinding, info: dict | None = None):
+def record_batch_size(trainer: Trainer, store, finding: BatchSizeFinding, info: dict | None = None):
+    """Record a batch-size search in `store` (False: nowhere) as a "find_batch_size" run."""
     summary = {"recommended": finding.recommended, "largest_that_fits": finding.largest_that_fits,
                "reason": finding.reason, "memory_budget_bytes": finding.memory_budget_bytes,
                "device": str(trainer.device)}

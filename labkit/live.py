@@ -149,7 +149,7 @@ class LiveRun:
         the run's store as a "find_lr" run linked to this one."""
         from . import finders
 
-        return self._task(lambda trainer: finders._finish_lr(
+        return self._task(lambda trainer: finders.record_lr(
             trainer, self._store, finders.lr_range_test(trainer, **options), {"during_run": self.run_id}), wait)
 
     def find_batch_size(self, wait: bool = True, **options: Any):
@@ -157,7 +157,7 @@ class LiveRun:
         `find_lr` does; the run goes on with its own batch size (set it from the recommendation if you like)."""
         from . import finders
 
-        return self._task(lambda trainer: finders._finish_batch_size(
+        return self._task(lambda trainer: finders.record_batch_size(
             trainer, self._store, finders.batch_size_search(trainer, **options), {"during_run": self.run_id}), wait)
 
     def _task(self, task, wait: bool):

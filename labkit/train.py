@@ -166,7 +166,7 @@ def mfu(flops_per_image: int | None, throughput: float | None, device: torch.dev
     return 3 * flops_per_image * throughput / peak if peak and throughput and flops_per_image else None
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
@@ -212,13 +212,13 @@ class Trainer:
             status, error = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - recorded as failed; unexpected ones are raised again below
             status, error = "failed", self._explain(exc)
-            failure = None if _is_out_of_memory(exc) else exc
+            failure = None if is_out_of_memory(exc) else exc
         if not started:
             self._emit(RunStarted(self.config.to_dict(), self.info, self.total_steps))
         if self.controls is not None:
             self.controls.cancel_tasks(f"the run ended ({status}) before it got to the task")
         result = self._result(status, error)
-        self._release_memory()
+        self.release_memory()
         self._emit(RunEnded(result))
         if failure is not None:
             raise failure
@@ -504,7 +504,7 @@ class Trainer:
         return f"loss became {value} at step {step} (amp={k.amp!r}, optimizer={k.optimizer!r}): {hint}."
 
     def _explain(self, exc: BaseException) -> str:
-        if _is_out_of_memory(exc):
+        if is_out_of_memory(exc):
             return (f"out of memory on {self.device} at batch_size={self.knobs.batch_size} "
                     f"(model={self.config.model!r}): lower batch_size (grad_accum keeps the effective batch), "
                     "or use amp='bf16'.")
@@ -537,13 +537,14 @@ class Trainer:
             loss_scale=precision.scale_of(self.scaler) if self.scaler is not None else None,
             skipped_steps=self.step - self.optimizer_steps,
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"], data_share=share,
-            input_verdict=input_verdict(share, data_loading._streams(self.config), self.config.num_workers,
+            input_verdict=input_verdict(share, data_loading.streams(self.config), self.config.num_workers,
                                         devices.cpu_cores()),
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
             segments=pd.DataFrame(self.meter.segments))
 
-    def _release_memory(self) -> None:
-        """Drop what the run held on the device, so the kernel can start the next run (after an OOM too)."""
+    def release_memory(self) -> None:
+        """Drop what the run held on the device and end its DataLoader workers, so the kernel can start the next
+        run (after an OOM too)."""
         self.losses, self.marks = [], []
         for pipeline in (getattr(self, "train_batches", None), getattr(self, "test_batches", None)):
             if hasattr(pipeline, "close"):  # a DataLoader's worker processes end with the run

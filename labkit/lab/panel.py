@@ -377,7 +377,7 @@ class Lab:
         share = ended.data_share if ended is not None else last.get("data_share")
         if share is not None:  # does the run wait for data? (the verdict names what to try)
             cfg = run.config
-            lines.append(["input: " + input_verdict(share, data_loading._streams(cfg), cfg.num_workers,
+            lines.append(["input: " + input_verdict(share, data_loading.streams(cfg), cfg.num_workers,
                                                     devices.cpu_cores())])
         return "<br>".join("<code>" + html.escape(" · ".join(line)) + "</code>" for line in lines)
 

@@ -19,13 +19,13 @@ from .base import Control, Knob, Technique, boolean, integer
 WORKER_TIMEOUT_S = 120  # a batch not ready in this long means a worker hung: the run fails and says so
 
 
-def _streams(config) -> bool:
+def streams(config) -> bool:
     """Whether the training data goes through a DataLoader (loader "auto" streams only image folders)."""
     return config.loader == "dataloader" or (config.loader == "auto" and config.dataset.startswith("imagefolder:"))
 
 
 def _check(config) -> str | None:
-    if config.num_workers > 0 and not _streams(config):
+    if config.num_workers > 0 and not streams(config):
         return (f"num_workers={config.num_workers} has no effect: dataset={config.dataset!r} with "
                 f"loader={config.loader!r} is held on the device and never streamed; use loader='dataloader' "
                 "to stream it through worker processes, or num_workers=0.")
