@@ -162,7 +162,7 @@ def test_the_recommendation_is_the_smallest_near_the_fastest_within_the_memory_b
 
 def test_find_batch_size_measures_each_size_and_restores_the_model(tmp_path):
     store = Store(tmp_path / "runs.db")
-    finding = labkit.find_batch_size(**{**TINY, "train_size": 512}, sizes=[8, 32, 128], time_limit_s=30,
+    finding = labkit.find_batch_size(**{**TINY, "train_size": 512}, sizes=[8, 32, 128], time_limit_s=600,
                                      store=store, progress=False)
     assert list(finding.table["batch_size"]) == [8, 32, 128] and finding.table["fits"].all()
     assert (finding.table["throughput"] > 0).all() and (finding.table["peak_memory_bytes"] > 0).all()
@@ -176,7 +176,7 @@ CAPPED = textwrap.dedent("""
     from labkit import finders
     torch.ones(8, 8) @ torch.ones(8, 8)  # start torch's threads before the cap
     found = labkit.find_batch_size(train_size=4096, test_size=64, width=64, sizes=[16, 64, 256, 1024, 4096],
-                                   memory_cap_bytes=300 * 2**20, time_limit_s=120, store=False, progress=False)
+                                   memory_cap_bytes=300 * 2**20, time_limit_s=600, store=False, progress=False)
     print(found)
     oom = found.table[~found.table["fits"]]
     assert len(oom) == 1 and oom["note"].iloc[0] == "out of memory", found.table
