@@ -271,3 +271,40 @@ def test_the_panel_status_says_whether_the_run_waits_for_data(tmp_path):
     lab.start()
     result = lab.wait(120)
     assert result.status == "completed" and html.escape(f"input: {result.input_verdict}") in lab.status.value
+
+
+class _DyingDataset(torch.utils.data.Dataset):
+    """Images whose fifth read kills the worker process that reads it (as the kernel's OOM killer would)."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        if i == 5 and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), 9)
+        return torch.zeros(3, 8, 8, dtype=torch.uint8), 0
+
+
+def test_a_worker_that_dies_fails_the_run_with_a_message_instead_of_hanging():
+    from labkit.data import LoaderBatches
+
+    options = data_loading.loader_options(RunConfig(loader="dataloader", num_workers=1), torch.device("cpu"))
+    batches = LoaderBatches(_DyingDataset(), torch.device("cpu"), options)
+    with pytest.raises(RuntimeError, match="DataLoader worker .* (killed|exited unexpectedly)") as caught:
+        for _ in batches.eval_batches():
+            pass
+    batches.close()
+    message = Trainer(RunConfig(**TINY, loader="dataloader", num_workers=1))._explain(caught.value)
+    assert "worker processes failed (num_workers=1)" in message and "num_workers=0 to see the error" in message
+
+
+def test_stopping_a_live_run_ends_its_worker_processes():
+    import multiprocessing
+
+    live = labkit.LiveRun(RunConfig(**{**TINY, "epochs": 50}, loader="dataloader", num_workers=1,
+                                    persistent_workers=True), store=False).start()
+    assert live.wait_measured(timeout=120)
+    assert multiprocessing.active_children()  # the worker is there while the run trains
+    live.stop()
+    assert live.wait(60).status == "stopped"
+    assert not multiprocessing.active_children()
