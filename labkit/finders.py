@@ -174,17 +174,20 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = 10, skip_
         if slopes[i - max(lo, 1)] < 0:
             found.append(Suggestion("steepest", lrs[i], "where the smoothed loss falls fastest against log(lr), "
                                     "before its lowest point"))
-    # valley: the longest stretch over which the loss keeps falling; halfway down it (fastai's rule).
-    longest = [1] * n  # longest decreasing sequence ending at each point
+    # valley (after fastai's rule): the longest run of ever lower losses, read as a path (it may step over a
+    # bump); its middle point, which lies on the way down by construction.
+    longest, before = [1] * n, [-1] * n  # the longest such path ending at each point, and its previous point
     for i in range(n):
         for j in range(i):
             if smoothed[i] < smoothed[j] and longest[j] + 1 > longest[i]:
-                longest[i] = longest[j] + 1
+                longest[i], before[i] = longest[j] + 1, j
     end = max(range(n), key=lambda i: (longest[i], -i))
     if longest[end] >= 3:
-        start = end - longest[end] + 1
-        found.append(Suggestion("valley", lrs[start + (end - start) // 2],
-                                "halfway down the longest stretch where the smoothed loss keeps falling"))
+        path = [end]
+        while before[path[-1]] >= 0:
+            path.append(before[path[-1]])
+        found.append(Suggestion("valley", lrs[path[len(path) // 2]],
+                                "the middle of the longest run of ever lower smoothed losses"))
     if best > 0:
         found.append(Suggestion("min/10", lrs[best] / 10, "a tenth of the lr at the lowest smoothed loss"))
     return found
@@ -194,7 +197,8 @@ def lr_range_test(trainer: Trainer, start_lr: float = 1e-5, end_lr: float = 10.0
                   smoothing: float = 0.9, diverge: float = 4.0,
                   on_point: Callable[[dict], None] | None = None, progress: bool = False) -> LRFinding:
     """The LR range test on a set-up trainer: `steps` optimizer steps with the lr growing exponentially from
-    `start_lr` to `end_lr`, stopped when the smoothed loss passes `diverge` x its best (or is not finite).
+    `start_lr` to `end_lr`, stopped when the smoothed loss passes `diverge` x its best, climbs back above its
+    start after a real fall, or is not finite.
     The trainer's model, optimizer and generators are restored afterwards. `on_point(row)` hears each step.
     The loss is an exponential average (`smoothing` 0.9: about the last 10 steps; fastai's and Lightning's 0.98
     averages over 50, half of the test, and drags the curve towards larger lrs)."""
@@ -221,9 +225,15 @@ def lr_range_test(trainer: Trainer, start_lr: float = 1e-5, end_lr: float = 10.0
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(lr=f"{lr:.2g}", loss=f"{smoothed:.3f}", refresh=False)
-            best = min(best, smoothed)
+            best, first = min(best, smoothed), rows[0]["smoothed"]
             if i > 0 and smoothed > diverge * best:
                 stopped = f"stopped at lr={lr:.3g}: the smoothed loss passed {diverge:g}x its best ({best:.3f})"
+                break
+            # A loss like cross-entropy starts near its ceiling (ln 10 for 10 classes), so 4x the best may never
+            # come: climbing back above the start after a real fall is divergence too.
+            if best < 0.98 * first and smoothed > first:
+                stopped = (f"stopped at lr={lr:.3g}: the smoothed loss climbed back above its start ({first:.3f}) "
+                           f"after falling to {best:.3f}")
                 break
     if bar is not None:
         bar.close()
@@ -238,7 +248,7 @@ def find_lr(config: RunConfig | dict | None = None, *, start_lr: float = 1e-5, e
             **overrides: Any) -> LRFinding:
     """The LR range test before a run (Leslie Smith, 2015; fastai's lr_find): a fresh model of `config`, the lr
     swept exponentially from `start_lr` to `end_lr` over `steps` steps, and three suggestions, each with its rule:
-    steepest (fastest fall), valley (halfway down the longest fall; the one `.lr` gives) and min/10. Read the
+    steepest (fastest fall), valley (the middle of the longest fall; the one `.lr` gives) and min/10. Read the
     figure before trusting any of them. Inside a live run use `LiveRun.find_lr`. Recorded as a "find_lr" run."""
     trainer = _standalone(config, overrides)
     try:

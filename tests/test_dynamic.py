@@ -43,9 +43,9 @@ def test_plateau_lowers_the_lr_in_a_run_as_a_knob_change():
     assert result.status == "completed", result.error
     drops = result.segments.iloc[1:]
     assert len(drops) >= 1
-    assert list(drops["lr"]) == pytest.approx([0.02 * 0.5 ** (i + 1) for i in range(len(drops))])
+    assert list(drops["lr"]) == pytest.approx([0.02 * 0.5 ** (i + 1) for i in range(len(drops))], rel=1e-5)
     allowed = [0.02 * 0.5 ** i for i in range(len(drops) + 1)]  # constant between drops: no other lr is used
-    assert all(any(math.isclose(lr, a, rel_tol=1e-9) for a in allowed) for lr in result.history["lr"])
+    assert all(any(math.isclose(lr, a, rel_tol=1e-5) for a in allowed) for lr in result.history["lr"])
 
 
 def test_a_schedule_switched_mid_run_goes_on_from_the_current_progress():
@@ -103,6 +103,10 @@ def test_the_suggestions_follow_their_rules_on_a_known_curve():
     assert found["steepest"] == pytest.approx(lrs[20])
     assert found["min/10"] == pytest.approx(lrs[30] / 10)
     assert lrs[0] < found["valley"] < lrs[30]
+    # A bump on the way down: the valley's point lies on the descent, never on the bump.
+    bumpy = [5, 4, 3, 2, 1, 3, 4, 5, 6, 0.5, 0.4]
+    valley = {s.name: s.lr for s in finders.suggest([10 ** (-4 + i / 2) for i in range(11)], bumpy, 0, 0)}["valley"]
+    assert bumpy[[10 ** (-4 + i / 2) for i in range(11)].index(valley)] <= 3
 
 
 def test_bad_sweeps_are_refused_with_the_fix():

@@ -316,6 +316,10 @@ class Lab:
             last["accuracy"] = (event.train_accuracy, event.test_accuracy)
         elif kind == "segment_started":
             last["segment"] = f"#{event.segment} {event.label}"
+            if "lr" in event.changes and "lr" in self.controls:  # e.g. plateau lowered it: the control follows
+                self._lr_auto = False
+                self._accepted["lr"] = event.changes["lr"][1]
+                self._set_quietly(self.controls["lr"], event.changes["lr"][1])
             if event.flops_per_image is not None:  # channel pruning changes the model's FLOPs
                 last["flops"] = event.flops_per_image
         elif kind == "run_ended":

@@ -64,7 +64,7 @@ def _observe(loss: float, knobs: Any, ctx: Any) -> dict[str, Any]:
     if not plateau.lower_now(loss):
         return {}
     peak = knobs.lr if knobs.lr is not None else default_lr(knobs.optimizer)
-    return {"lr": max(peak * knobs.decay, 1e-8)}
+    return {"lr": max(float(f"{peak * knobs.decay:.6g}"), 1e-8)}  # 6 digits: 5e-4, not 5.000000000000001e-4
 
 
 def _milestones_ok(v: Any) -> bool:
