@@ -78,16 +78,24 @@ def data_share(data_s: float, compute_s: float) -> float | None:
     return data_s / total if total > 0 else None
 
 
-def input_verdict(share: float | None, streamed: bool, num_workers: int, cores: int) -> str:
-    """Whether the steps wait for data, and what to try: the sentence the panel, the CLI and RunResult show."""
+def input_verdict(share: float | None, streamed: bool, num_workers: int, cores: int, on_cpu: bool = False) -> str:
+    """Whether the steps wait for data, and what to try: the sentence the panel, the CLI and RunResult show.
+    `on_cpu`: the model trains on the CPU, so DataLoader workers share its cores with training, and the time
+    training loses to them shows as compute, not as waiting."""
     if share is None:
         return ""
     if share < 0.1:
-        return (f"compute-bound: getting the data takes {share:.0%} of each step, so faster loading (more workers, "
-                "the device loader) cannot speed it up")
+        verdict = f"compute-bound: getting the data takes {share:.0%} of each step"
+        if streamed and on_cpu and num_workers > 0:
+            return (verdict + f"; but on a CPU the {num_workers} worker(s) share the {cores} cores with training, "
+                    "which slows compute: compare loader='device' (decoded once, before training)")
+        return verdict + ", so faster loading (more workers, the device loader) cannot speed it up"
     if not streamed:
         advice = ("the data is already on the device, so this is indexing and augmentation: a lighter augment, "
                   "or a larger model per image, changes it")
+    elif on_cpu:
+        advice = ("try loader='device' (decoded once, before training); on a CPU, workers take cores from "
+                  f"training itself ({cores} cores here), so they help only where cores sit idle")
     elif num_workers < cores - 1:  # one core stays with the training process
         advice = (f"try num_workers={min(cores - 1, 8)} (this machine has {cores} CPU cores, one stays with "
                   "training) or loader='device' (decoded once, before training)")

@@ -538,7 +538,7 @@ class Trainer:
             skipped_steps=self.step - self.optimizer_steps,
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"], data_share=share,
             input_verdict=input_verdict(share, data_loading.streams(self.config), self.config.num_workers,
-                                        devices.cpu_cores()),
+                                        devices.cpu_cores(), self.device.type == "cpu"),
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
             segments=pd.DataFrame(self.meter.segments))
 

@@ -230,15 +230,18 @@ def test_a_streamed_run_with_workers_reports_its_data_share_and_leaves_no_worker
     assert not multiprocessing.active_children()  # the worker ended with the run
 
 
-@pytest.mark.parametrize("share, streamed, workers, cores, starts, advice", [
-    (0.05, True, 0, 8, "compute-bound: getting the data takes 5%", "cannot speed it up"),
-    (0.2, True, 0, 8, "partly input-bound: 20%", "try num_workers=7"),
-    (0.63, True, 0, 16, "input-bound: 63% of each step waits for data", "try num_workers=8"),
-    (0.63, True, 1, 2, "input-bound: 63%", "more workers would take cores from training"),
-    (0.4, False, 0, 2, "input-bound: 40%", "already on the device"),
+@pytest.mark.parametrize("share, streamed, workers, cores, on_cpu, starts, advice", [
+    (0.05, True, 0, 8, False, "compute-bound: getting the data takes 5%", "cannot speed it up"),
+    (0.2, True, 0, 8, False, "partly input-bound: 20%", "try num_workers=7"),
+    (0.63, True, 0, 16, False, "input-bound: 63% of each step waits for data", "try num_workers=8"),
+    (0.63, True, 1, 2, False, "input-bound: 63%", "more workers would take cores from training"),
+    (0.4, False, 0, 2, False, "input-bound: 40%", "already on the device"),
+    # Training on the CPU: workers take its cores, and what training loses to them counts as compute.
+    (0.6, True, 0, 2, True, "input-bound: 60%", "try loader='device'"),
+    (0.08, True, 2, 2, True, "compute-bound: getting the data takes 8%", "share the 2 cores with training"),
 ])
-def test_the_input_verdict_names_the_share_and_what_to_try(share, streamed, workers, cores, starts, advice):
-    verdict = input_verdict(share, streamed, workers, cores)
+def test_the_input_verdict_names_the_share_and_what_to_try(share, streamed, workers, cores, on_cpu, starts, advice):
+    verdict = input_verdict(share, streamed, workers, cores, on_cpu)
     assert verdict.startswith(starts) and advice in verdict
     assert data_share(3.0, 1.0) == 0.75 and data_share(0.0, 0.0) is None and input_verdict(None, True, 0, 2) == ""
 
@@ -251,7 +254,9 @@ def test_export_writes_an_image_folder_that_trains(tmp_path):
     from PIL import Image
     with Image.open(files[0]) as image:
         assert image.format == "JPEG" and image.size == (48, 48) and image.mode == "RGB"
-    assert labkit.synthetic.export(path, progress=False) == path  # already there: left alone
+    assert labkit.synthetic.export(path, train_size=200, test_size=50, image_size=48, progress=False) == path
+    with pytest.raises(ValueError, match="already exists and holds another export"):
+        labkit.synthetic.export(path, train_size=400, test_size=50, image_size=48, progress=False)
     result = labkit.run(dataset=f"imagefolder:{path}", epochs=1, batch_size=50, width=8, log_every=1,
                         timing_warmup=1, progress=False, store=False)
     assert result.status == "completed" and result.steps == 4 and result.data_share is not None

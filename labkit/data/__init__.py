@@ -201,8 +201,9 @@ class DeviceBatches:
     """A split held on the device as uint8; batches are index operations."""
 
     def __init__(self, split: Split | TorchDataset, device: torch.device):
-        if not isinstance(split, Split):  # an image folder that fits: decode it once
-            split = Split(_stack(split, len(split)), torch.tensor([split[i][1] for i in range(len(split))]))
+        if not isinstance(split, Split):  # an image folder that fits: decode it once (one pass: images and labels)
+            images, labels = zip(*(split[i] for i in range(len(split))))
+            split = Split(torch.stack(images), torch.tensor(labels))
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
 

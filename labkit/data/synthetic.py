@@ -99,7 +99,10 @@ def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000,
     the resolution a model trains at). Train on it with `dataset="imagefolder:<path>"`: every image is then read,
     decoded and resized to 32 px on the CPU, per image, as in a real input pipeline (lesson 09). Sizes cut the
     splits (the same fixed subsets as train_size/test_size); None writes a whole split. Returns the path.
-    The folder is written under a temporary name and renamed when complete; an existing one is left alone."""
+    The folder is written under a temporary name and renamed when complete, with a manifest of what it holds;
+    an existing export of the same data is reused, one of other data is refused (delete it or pick another path)."""
+    import json
+    import os
     from pathlib import Path
 
     from PIL import Image  # what ImageFolder decodes with (torchvision.io's codecs are deprecated)
@@ -110,10 +113,20 @@ def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000,
     path = Path(path)
     if format not in ("jpeg", "png"):
         raise ValueError(f"format={format!r}: use 'jpeg' (lossy, smaller, slower to decode) or 'png'.")
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return path  # already exported: delete the folder to write it again
+    manifest = {"generator_version": VERSION, "train_size": train_size, "test_size": test_size,
+                "image_size": image_size, "format": format, "quality": quality if format == "jpeg" else None}
+    if path.exists():
+        try:
+            found = json.loads((path / "labkit-export.json").read_text())
+        except (OSError, ValueError):
+            found = None
+        if found == manifest:
+            return path  # the same export: reused
+        raise ValueError(f"{path} already exists and holds " + (f"another export ({found})" if found else
+                         "something labkit did not export") + f", not {manifest}: delete it, or export to "
+                         "another path (e.g. one named after the sizes).")
     data = load("synthetic", train_size, test_size)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # two first exports never share a folder
     suffix = ".jpg" if format == "jpeg" else ".png"
     splits = (("train", data.train), ("test", data.test))
     bar = tqdm(total=sum(len(s) for _, s in splits), desc=f"writing {path.name}", unit="img", disable=not progress)
@@ -131,5 +144,11 @@ def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000,
                 Image.fromarray(image).save(target, **({"quality": quality} if format == "jpeg" else {}))
             bar.update(len(images))
     bar.close()
-    partial.rename(path)
+    (partial / "labkit-export.json").write_text(json.dumps(manifest, indent=1))
+    try:
+        partial.rename(path)
+    except OSError:  # another process finished the same export first: use it
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
     return path

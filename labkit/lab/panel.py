@@ -382,7 +382,7 @@ class Lab:
         if share is not None:  # does the run wait for data? (the verdict names what to try)
             cfg = run.config
             lines.append(["input: " + input_verdict(share, data_loading.streams(cfg), cfg.num_workers,
-                                                    devices.cpu_cores())])
+                                                    devices.cpu_cores(), self.device.type == "cpu")])
         return "<br>".join("<code>" + html.escape(" · ".join(line)) + "</code>" for line in lines)
 
     def _show_error(self, message: str) -> None:

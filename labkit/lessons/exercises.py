@@ -151,6 +151,49 @@ def _run_accum(student):
     return run
 
 
+# ---- lesson 08: cosine with warm-up ------------------------------------------------------------------------------
+def _cosine_cases():
+    from ..techniques.schedule import lr_factor
+
+    grid = [i / 40 for i in range(41)]  # 0 (the 1% floor), the end of warm-up exactly, 1.0 (zero)
+    for label, warmup, progress in (("warmup=0.2", 0.2, grid + [0.001, 0.999]), ("warmup=0.05", 0.05, grid),
+                                    ("no warm-up (warmup=0)", 0.0, grid)):
+        yield label, (progress, warmup), [lr_factor(p, "cosine", warmup) for p in progress]
+
+
+def _run_cosine(student):
+    return lambda progress, warmup: [student(p, warmup) for p in progress]
+
+
+# ---- lesson 09: how much of each step waits for data -----------------------------------------------------------
+def _data_wait_cases():
+    """Per-step (data_start, compute_start, end) times, as the trainer marks them; the share and the kind of run
+    from labkit's own accounting (measure.data_share, measure.input_verdict)."""
+    from .. import measure
+
+    def steps(data_ms, compute_ms, n=12, gap_ms=0.0, gap_every=4, start=100.0):
+        marks, t = [], start
+        for i in range(n):
+            d, c = data_ms[i % len(data_ms)] / 1000, compute_ms[i % len(compute_ms)] / 1000
+            marks.append((t, t + d, t + d + c))
+            t += d + c + (gap_ms / 1000 if (i + 1) % gap_every == 0 else 0.0)  # logging between steps
+        return marks
+
+    for label, marks in (
+            ("device-resident: indexing only", steps([0.8, 1.1, 0.9], [31.0, 29.5, 30.2], gap_ms=2.0)),
+            ("2 workers keeping up, mostly", steps([2.0, 12.0, 9.0], [30.0, 31.0, 29.0], gap_ms=2.0)),
+            ("0 workers: decoding in the training process", steps([55.0, 58.0], [30.0, 29.0], gap_ms=2.0)),
+            ("a 5 s evaluation between steps counts for neither", steps([1.0, 4.0], [30.0], gap_ms=5000.0)),
+            ("near the lines: 9.9% data", [(100.0, 100.5, 105.0), (105.0, 105.49, 110.0)]),
+            ("near the lines: 10.1% data", [(0.0, 1.01, 10.0)]),
+            ("near the lines: 30.2% data", [(8.0, 11.02, 18.0)])):
+        data_s = sum(b - a for a, b, _ in marks)
+        compute_s = sum(c - b for _, b, c in marks)
+        share = measure.data_share(data_s, compute_s)
+        kind = measure.input_verdict(share, True, 0, 2).split(":")[0]
+        yield label, (marks,), (share, kind)
+
+
 EXERCISES = {e.name: e for e in (
     Exercise("bf16_round", "to_bf16(x): each fp32 value rounded to the nearest bf16 (ties to even), as fp32",
              _bf16_cases),
@@ -168,9 +211,16 @@ EXERCISES = {e.name: e for e in (
              "channels_last", _strides_cases),
     Exercise("grad_accum", "accumulate_grads(model, x, y, k): backward over k equal micro-batches of (x, y), leaving "
              "in .grad the gradient of the mean cross-entropy over all of x", _accum_cases, atol=1e-6),
+    Exercise("cosine", "cosine_factor(progress, warmup): the multiplier on the peak lr, a linear warm-up over the "
+             "first `warmup` of training (never below 0.01), then half a cosine from 1 down to 0 at progress 1",
+             _cosine_cases, atol=1e-9),
+    Exercise("data_wait", "data_wait(marks) -> (share, kind): from per-step (data_start, compute_start, end) times, "
+             "the share of step time spent getting batches, and 'compute-bound' (below 10%), 'partly input-bound' "
+             "or 'input-bound' (30% or more)", _data_wait_cases, atol=1e-9),
 )}
 # Exercises whose student function is one step of a sequence: the check runs the sequence.
-_DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw, "grad_accum": _run_accum}
+_DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw, "grad_accum": _run_accum,
+            "cosine": _run_cosine}
 
 
 def _same(got: Any, expected: Any, atol: float) -> bool:
