@@ -24,11 +24,7 @@ def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | N
     its error; one interrupted (Ctrl-C, SIGINT or SIGTERM) is recorded as "stopped" with the signal named, and
     the KeyboardInterrupt (`labkit.signals.Interrupted` for a signal) goes on.
     `store=False` records nothing."""
-    if config is None:
-        config = RunConfig()
-    elif isinstance(config, dict):
-        config = RunConfig.from_dict(config)
-    config = config.replace(**overrides)
+    config = RunConfig.of(config).replace(**overrides)
     trainer = Trainer(config, listeners=_listeners(store, progress, listeners))
     with stop_on_signals():  # SIGTERM too ends the run as "stopped", and the store says so
         return trainer.run()
@@ -37,7 +33,7 @@ def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | N
 def _listeners(store, progress: bool, extra: Iterable[Listener]) -> list[Listener]:
     found: list[Listener] = []
     if store is not False:
-        found.append((store if isinstance(store, Store) else Store(store)).recorder())
+        found.append(Store.of(store).recorder())
     if progress:
         found.append(ProgressBar())
     return found + list(extra)
@@ -47,4 +43,4 @@ def runs(store: Store | str | Path | None = None, status: str | None = None, las
          kind: str | None = "train") -> pd.DataFrame:
     """The stored runs as a DataFrame (one row each: status, summary figures, configuration). `kind`: training
     runs by default; "find_lr" or "find_batch_size" for the finders' records, None for all."""
-    return (store if isinstance(store, Store) else Store(store)).runs(status=status, last=last, kind=kind)
+    return Store.of(store).runs(status=status, last=last, kind=kind)

@@ -5,9 +5,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from .config import COLUMNS, KNOBS, RunConfig
-
-KNOB_NAMES = [knob.name for knob in KNOBS]
+from .config import COLUMNS, KNOBS, RunConfig, field_names
 from .techniques.base import Allowed
 from .signals import exit_code, stop_on_signals
 
@@ -182,7 +180,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         return 0
     if args.kind != "train":  # a finder's record: its configuration's changes and its findings
         table["settings"] = [", ".join(f"{k}={v}" for k, v in RunConfig.from_dict(
-            {k: row[k] for k in KNOB_NAMES if k in row}).changed().items()) for _, row in table.iterrows()]
+            {k: row[k] for k in field_names() if k in row}).changed().items()) for _, row in table.iterrows()]
         table["found"] = [_found(summary) for summary in table["summary"]]
         print(table[["id", "status", "started", "settings", "found"]].to_string(index=False))
         return 0

@@ -99,6 +99,13 @@ class _Methods:
                 raise ValueError(problem)
         return self
 
+    @classmethod
+    def of(cls, config: "RunConfig | dict | None") -> "RunConfig":
+        """The configuration itself, one from a dict of fields, or the defaults for None."""
+        if config is None:
+            return cls()
+        return cls.from_dict(config) if isinstance(config, dict) else config
+
     def replace(self, **changes: Any) -> "RunConfig":
         _refuse_unknown(changes)
         return dataclasses.replace(self, **changes)

@@ -74,15 +74,16 @@ def _take_step(trainer: Trainer, micro_batches: list) -> torch.Tensor:
     return trainer.learn([trainer.prepare_batch(images, labels) for images, labels in micro_batches])
 
 
-def _record(store, kind: str, trainer: Trainer, rows: list[dict], summary: dict, status: str,
-            error: str | None, info: dict | None = None) -> int | None:
-    if store is False:
-        return None
-    store = store if isinstance(store, Store) else Store(store)
-    run_id = store.start_run(trainer.knobs.to_dict(), {**trainer.info, **(info or {})}, kind=kind)
-    store.add_metrics(run_id, kind, [{"step": i, **row} for i, row in enumerate(rows)])
-    store.end_run(run_id, status, summary, error)
-    return run_id
+def record(trainer: Trainer, store, finding, info: dict | None = None):
+    """Record a finding in `store` (False: nowhere) as a run of its kind ("find_lr", "find_batch_size"), its
+    rows as metrics of that kind; sets its run_id and returns it."""
+    if store is not False:
+        store = Store.of(store)
+        run_id = store.start_run(trainer.knobs.to_dict(), {**trainer.info, **(info or {})}, kind=finding.kind)
+        store.add_metrics(run_id, finding.kind, [{"step": i, **row} for i, row in enumerate(finding.rows())])
+        store.end_run(run_id, "completed", {**finding.summary(), "device": str(trainer.device)}, None)
+        finding.run_id = run_id
+    return finding
 
 
 def _bar(progress: bool, total: int, desc: str, unit: str):
@@ -94,11 +95,7 @@ def _bar(progress: bool, total: int, desc: str, unit: str):
 
 
 def _standalone(config: RunConfig | dict | None, overrides: dict) -> Trainer:
-    if config is None:
-        config = RunConfig()
-    elif isinstance(config, dict):
-        config = RunConfig.from_dict(config)
-    trainer = Trainer(config.replace(**overrides))
+    trainer = Trainer(RunConfig.of(config).replace(**overrides))
     trainer.setup()
     return trainer
 
@@ -120,9 +117,18 @@ class LRFinding:
     stopped: str
     run_id: int | None = None
 
+    kind = "find_lr"
+
     @property
     def lr(self) -> float | None:
         return self.suggestion("valley")
+
+    def rows(self) -> list[dict]:
+        return self.curve.to_dict("records")
+
+    def summary(self) -> dict:
+        return {"suggestions": {s.name: s.lr for s in self.suggestions}, "stopped": self.stopped, "lr": self.lr,
+                "steps": len(self.curve)}
 
     def suggestion(self, name: str) -> float | None:
         return next((s.lr for s in self.suggestions if s.name == name), None)
@@ -252,19 +258,10 @@ def find_lr(config: RunConfig | dict | None = None, *, start_lr: float = 1e-5, e
     figure before trusting any of them. Inside a live run use `LiveRun.find_lr`. Recorded as a "find_lr" run."""
     trainer = _standalone(config, overrides)
     try:
-        return record_lr(trainer, store, lr_range_test(trainer, start_lr, end_lr, steps, smoothing, diverge,
-                                                        on_point, progress))
+        return record(trainer, store, lr_range_test(trainer, start_lr, end_lr, steps, smoothing, diverge,
+                                                     on_point, progress))
     finally:
         trainer.release_memory()
-
-
-def record_lr(trainer: Trainer, store, finding: LRFinding, info: dict | None = None) -> LRFinding:
-    """Record an LR range test in `store` (False: nowhere) as a "find_lr" run; sets and returns its run_id."""
-    summary = {"suggestions": {s.name: s.lr for s in finding.suggestions}, "stopped": finding.stopped,
-               "lr": finding.lr, "steps": len(finding.curve), "device": str(trainer.device)}
-    finding.run_id = _record(store, "find_lr", trainer, finding.curve.to_dict("records"), summary, "completed",
-                             None, info)
-    return finding
 
 
 # ---- batch size by throughput ---------------------------------------------------------------------------------
@@ -278,6 +275,15 @@ class BatchSizeFinding:
     reason: str
     run_id: int | None = None
     notes: list[str] = field(default_factory=list)
+
+    kind = "find_batch_size"
+
+    def rows(self) -> list[dict]:
+        return self.table.to_dict("records")
+
+    def summary(self) -> dict:
+        return {"recommended": self.recommended, "largest_that_fits": self.largest_that_fits, "reason": self.reason,
+                "memory_budget_bytes": self.memory_budget_bytes}
 
     def figure(self):
         from plotly.subplots import make_subplots
@@ -465,17 +471,6 @@ def find_batch_size(config: RunConfig | dict | None = None, *, sizes: list[int] 
     try:
         finding = batch_size_search(trainer, sizes, max_batch_size, margin, tolerance, time_limit_s,
                                     cap_bytes=memory_cap_bytes, progress=progress, on_point=on_point)
-        return record_batch_size(trainer, store, finding)
+        return record(trainer, store, finding)
     finally:
         trainer.release_memory()
-
-
-def record_batch_size(trainer: Trainer, store, finding: BatchSizeFinding, info: dict | None = None):
-    """Record a batch-size search in `store` (False: nowhere) as a "find_batch_size" run."""
-    summary = {"recommended": finding.recommended, "largest_that_fits": finding.largest_that_fits,
-               "reason": finding.reason, "memory_budget_bytes": finding.memory_budget_bytes,
-               "device": str(trainer.device)}
-    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in finding.table.to_dict("records")]
-    finding.run_id = _record(store, "find_batch_size", trainer, rows, summary, "completed", None, info)
-    return finding

@@ -80,17 +80,12 @@ class LiveRun:
 
     def __init__(self, config: RunConfig | dict | None = None, *, store: Store | str | None | bool = None,
                  listeners: Iterable[Listener] = (), **overrides: Any):
-        if config is None:
-            config = RunConfig()
-        elif isinstance(config, dict):
-            config = RunConfig.from_dict(config)
-        self.config = config.replace(**overrides).validate()
+        self.config = RunConfig.of(config).replace(**overrides).validate()
         self.controls = Controls()
-        self._store = False if store is False else store if isinstance(store, Store) else Store(store)
-        recorder = [] if store is False else [self._store.recorder()]
-        self._recorder = recorder[0] if recorder else None
+        self._store = False if store is False else Store.of(store)  # the finders record there too
+        self._recorder = self._store.recorder() if self._store is not False else None
         # The trainer is built here, in the caller's thread: a bad configuration raises before any thread starts.
-        self._listeners = [self._watch, *recorder, *listeners]
+        self._listeners = [self._watch, *([self._recorder] if self._recorder else []), *listeners]
         self.trainer = Trainer(self.config, listeners=self._listeners, controls=self.controls)
         self.device_key = str(self.trainer.device)
         self.error: BaseException | None = None  # an unexpected exception from the training thread
@@ -149,7 +144,7 @@ class LiveRun:
         the run's store as a "find_lr" run linked to this one."""
         from . import finders
 
-        return self._task(lambda trainer: finders.record_lr(
+        return self._task(lambda trainer: finders.record(
             trainer, self._store, finders.lr_range_test(trainer, **options), {"during_run": self.run_id}), wait)
 
     def find_batch_size(self, wait: bool = True, **options: Any):
@@ -157,7 +152,7 @@ class LiveRun:
         `find_lr` does; the run goes on with its own batch size (set it from the recommendation if you like)."""
         from . import finders
 
-        return self._task(lambda trainer: finders.record_batch_size(
+        return self._task(lambda trainer: finders.record(
             trainer, self._store, finders.batch_size_search(trainer, **options), {"during_run": self.run_id}), wait)
 
     def _task(self, task, wait: bool):

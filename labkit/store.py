@@ -90,6 +90,11 @@ def _json(value: Any) -> str:
 class Store:
     """Runs recorded in SQLite. `Store()` opens `LABKIT_DB`, else data/labkit.db."""
 
+    @classmethod
+    def of(cls, store: "Store | str | Path | None") -> "Store":
+        """The store itself, or one opened at a path (None: the default)."""
+        return store if isinstance(store, Store) else cls(store)
+
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_db()
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import data as data_mod, devices, models
 from .config import KNOBS, LIVE_KNOBS, RunConfig
 from .events import ChangeDropped, EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
-from .measure import Meter, data_share, input_verdict
+from .measure import Meter, data_share
 from .result import RunResult
 from .techniques import AT, Context, data_loading, grad_accum, optimizers, precision, pruning, schedule
 
@@ -192,6 +192,7 @@ class Trainer:
         self.info = {**devices.describe(self.device),
                      "native_precisions": [m for m, p in self.precisions.items() if p.native]}
         self.total_steps, self.model, self.optimizer, self.scaler, self.compile_s = 0, None, None, None, None
+        self.train_batches = self.test_batches = None  # the data pipelines, made by setup()
         self.flops_per_image = self.dense_flops = self.dense_params = None
 
     # ---- the run -------------------------------------------------------------------------------------------
@@ -303,11 +304,10 @@ class Trainer:
         if self.controls is not None:
             if self.controls.paused or self.controls.has_tasks():
                 self._log()  # neither the pause nor a task is training time
-                while self.controls.run_tasks(self) or self.controls.paused:
-                    if self.controls.paused and not self.controls.stop_requested:
-                        self.controls.wait_for_work()
-                    if self.controls.stop_requested:
-                        break
+                self.controls.run_tasks(self)
+                while self.controls.paused and not self.controls.stop_requested:
+                    self.controls.wait_for_work()  # until resumed, stopped, or given a task
+                    self.controls.run_tasks(self)
                 self._restart_interval()
             if self.controls.stop_requested:
                 self._log()
@@ -537,8 +537,7 @@ class Trainer:
             loss_scale=precision.scale_of(self.scaler) if self.scaler is not None else None,
             skipped_steps=self.step - self.optimizer_steps,
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"], data_share=share,
-            input_verdict=input_verdict(share, data_loading.streams(self.config), self.config.num_workers,
-                                        devices.cpu_cores(), self.device.type == "cpu"),
+            input_verdict=data_loading.verdict(share, self.config, self.device),
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
             segments=pd.DataFrame(self.meter.segments))
 
@@ -546,7 +545,7 @@ class Trainer:
         """Drop what the run held on the device and end its DataLoader workers, so the kernel can start the next
         run (after an OOM too)."""
         self.losses, self.marks = [], []
-        for pipeline in (getattr(self, "train_batches", None), getattr(self, "test_batches", None)):
+        for pipeline in (self.train_batches, self.test_batches):
             if hasattr(pipeline, "close"):  # a DataLoader's worker processes end with the run
                 pipeline.close()
         if self.optimizer is not None:

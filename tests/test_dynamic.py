@@ -148,7 +148,10 @@ def test_cli_find_lr_prints_the_suggestions_and_records_them(tmp_path, capsys):
     assert cli.main(["find-lr", "--train-size", "256", "--batch-size", "32", "--steps", "20", "--db", db,
                      "--quiet", "--plot", str(tmp_path / "lr.html")]) == 0
     out = capsys.readouterr().out
-    assert "LR range test: " in out and "rule" not in out and (tmp_path / "lr.html").stat().st_size > 10_000
+    assert "LR range test: " in out and (tmp_path / "lr.html").stat().st_size > 10_000
+    suggested = Store(db).runs(kind="find_lr")["summary"].iloc[0]["suggestions"]  # what was printed was stored
+    assert all(f"{name:<9} lr={lr:<9.3g}" in out for name, lr in suggested.items())
+    assert suggested or "no suggestion" in out
     cli.main(["runs", "--db", db, "--kind", "find_lr"])
     assert "train_size=256" in capsys.readouterr().out
 

@@ -27,7 +27,7 @@ from .. import devices
 from ..config import KNOB, KNOBS, RunConfig
 from ..live import LiveRun
 from ..store import Store
-from ..measure import data_share, input_verdict
+from ..measure import data_share
 from ..techniques import TECHNIQUES, data_loading, optimizers
 from ..techniques.base import Knob
 from ..train import mfu
@@ -91,9 +91,9 @@ class Lab:
     """A widget panel that starts live runs and changes their knobs while they train (see the module doc)."""
 
     def __init__(self, config: RunConfig | dict | None = None, store: Store | str | None = None, live: bool = True):
-        config = RunConfig.from_dict(config) if isinstance(config, dict) else (config or RunConfig())
+        config = RunConfig.of(config)
         self.base = config.validate()
-        self.store = store if isinstance(store, Store) else Store(store)
+        self.store = Store.of(store)
         self.device = devices.resolve_device(self.base.device)
         self.run: LiveRun | None = None
         self.dashboard = Dashboard(self.store)
@@ -378,11 +378,11 @@ class Lab:
         if memory:
             model.append(_memory_text(memory, self.device))
         lines = [parts] + ([model] if model else [])
-        share = ended.data_share if ended is not None else last.get("data_share")
-        if share is not None:  # does the run wait for data? (the verdict names what to try)
-            cfg = run.config
-            lines.append(["input: " + input_verdict(share, data_loading.streams(cfg), cfg.num_workers,
-                                                    devices.cpu_cores(), self.device.type == "cpu")])
+        # Does the run wait for data? (the verdict names what to try)
+        verdict = (ended.input_verdict if ended is not None else
+                   data_loading.verdict(last.get("data_share"), run.config, self.device))
+        if verdict:
+            lines.append(["input: " + verdict])
         return "<br>".join("<code>" + html.escape(" · ".join(line)) + "</code>" for line in lines)
 
     def _show_error(self, message: str) -> None:

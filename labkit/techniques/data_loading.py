@@ -35,6 +35,15 @@ def _check(config) -> str | None:
     return None
 
 
+def verdict(share: float | None, config, device) -> str:
+    """labkit.measure.input_verdict for a run of `config` on `device`: whether its steps wait for data, and what
+    to try (the RunResult's and the panel's sentence)."""
+    from .. import devices, measure
+
+    return measure.input_verdict(share, streams(config), config.num_workers, devices.cpu_cores(),
+                                 device.type == "cpu")
+
+
 def start_method() -> str:
     """How DataLoader workers start here (see the module doc)."""
     if not sys.platform.startswith("linux"):
