@@ -12,7 +12,7 @@ from .lab.progress import ProgressBar
 from .result import RunResult
 from .signals import stop_on_signals
 from .store import Store
-from .train import Trainer
+from .dist.launch import trainer_for
 
 
 def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | None = None,
@@ -23,9 +23,9 @@ def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | N
     before anything trains. A run that fails (out of memory, a NaN loss) returns with status "failed" and
     its error; one interrupted (Ctrl-C, SIGINT or SIGTERM) is recorded as "stopped" with the signal named, and
     the KeyboardInterrupt (`labkit.signals.Interrupted` for a signal) goes on.
-    `store=False` records nothing."""
+    `store=False` records nothing. `nproc=2` trains in 2 processes started with torchrun (labkit.dist)."""
     config = RunConfig.of(config).replace(**overrides)
-    trainer = Trainer(config, listeners=_listeners(store, progress, listeners))
+    trainer = trainer_for(config, listeners=_listeners(store, progress, listeners))
     with stop_on_signals():  # SIGTERM too ends the run as "stopped", and the store says so
         return trainer.run()
 

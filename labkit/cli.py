@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
     run_p.add_argument("--no-store", action="store_true", help="do not record the run")
     run_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    dist_p = run_p.add_argument_group("several machines (with --nproc: processes per machine)")
+    dist_p.add_argument("--nnodes", type=int, default=1, help="machines taking part")
+    dist_p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                        help="machine 0's address for torchrun's rendezvous (with --nnodes > 1)")
+    dist_p.add_argument("--print-launch", action="store_true",
+                        help="print the torchrun command for each machine instead of training")
 
     runs_p = sub.add_parser("runs", help="list recorded runs")
     runs_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
@@ -145,7 +151,17 @@ def _write_plot(finding, path: str | None) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .api import run  # torch loads here, not for --help
 
-    config = _config(args)
+    config = _config(args).validate()
+    if args.print_launch:
+        from .dist.launch import launch_commands
+        from .store import Store
+
+        print("\n\n".join(launch_commands(config, args.nnodes, args.rdzv_endpoint,
+                                           None if args.no_store else Store.of(args.db).path)))
+        return 0
+    if args.nnodes > 1:
+        raise ValueError(f"--nnodes {args.nnodes}: each machine starts its own processes; add --print-launch "
+                         "and run the printed command on each machine.")
     store = False if args.no_store else args.db
     result = run(config, store=store, progress=not args.quiet)
     print(result.summary())

@@ -83,3 +83,27 @@ class RunEnded:
 
 Event = RunStarted | Logged | SegmentStarted | ChangeDropped | EpochEnded | RunEnded
 Listener = Callable[[Event], None]
+
+
+def to_message(event: Event) -> dict[str, Any]:
+    """An event as plain values (JSON), for a distributed run's rank 0 to send to the kernel."""
+    values = {k: v for k, v in vars(event).items()}
+    if event.kind == "run_ended":
+        values["result"] = event.result.to_record()
+    return values
+
+
+def from_message(values: dict[str, Any]) -> Event:
+    """The event `to_message` sent (tuples arrive as lists, which is how the listeners read them anyway)."""
+    values = dict(values)
+    cls = _KINDS[values.pop("kind")]
+    if cls is RunEnded:
+        from .result import RunResult
+
+        values["result"] = RunResult.from_record(values["result"])
+    if cls is SegmentStarted:
+        values["changes"] = {k: tuple(v) for k, v in values["changes"].items()}
+    return cls(**values)
+
+
+_KINDS = {cls.kind: cls for cls in (RunStarted, Logged, SegmentStarted, ChangeDropped, EpochEnded, RunEnded)}

@@ -32,7 +32,8 @@ from .events import Listener
 from .result import RunResult
 from .signals import stop_on_signals
 from .store import Store
-from .train import Controls, Trainer
+from .dist.launch import trainer_for
+from .train import Controls
 
 # The live run training on each device of this kernel (one at a time per device).
 _active: dict[str, "LiveRun"] = {}
@@ -86,7 +87,8 @@ class LiveRun:
         self._recorder = self._store.recorder() if self._store is not False else None
         # The trainer is built here, in the caller's thread: a bad configuration raises before any thread starts.
         self._listeners = [self._watch, *([self._recorder] if self._recorder else []), *listeners]
-        self.trainer = Trainer(self.config, listeners=self._listeners, controls=self.controls)
+        # nproc > 1: a Launcher stands in for the Trainer, and the processes it starts with torchrun train.
+        self.trainer = trainer_for(self.config, listeners=self._listeners, controls=self.controls)
         self.device_key = str(self.trainer.device)
         self.error: BaseException | None = None  # an unexpected exception from the training thread
         self._result: RunResult | None = None
@@ -156,6 +158,9 @@ class LiveRun:
             trainer, self._store, finders.batch_size_search(trainer, **options), {"during_run": self.run_id}), wait)
 
     def _task(self, task, wait: bool):
+        if self.config.nproc > 1:
+            raise RuntimeError(f"the finders measure one process; this run has nproc={self.config.nproc}: run "
+                               "labkit.find_lr(config) / labkit.find_batch_size(config) with nproc=1 first.")
         if not self.running:
             raise RuntimeError(f"this run is {self.status}: a finder inside a run needs it training; "
                                "use labkit.find_lr(config) / labkit.find_batch_size(config) before a run.")

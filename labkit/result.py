@@ -1,6 +1,7 @@
 """What a run returns: its status, summary figures and histories."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,13 +54,37 @@ class RunResult:
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per logged point
     epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per epoch
     segments: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per knob setting
+    # A distributed run: one row per rank (data and compute seconds over the logged intervals, and DDP's
+    # measured all-reduce seconds per step, which overlap backward); empty for one process.
+    ranks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_dict(self) -> dict[str, Any]:
         """Summary figures and the configuration as plain values (no histories)."""
         out = {name: getattr(self, name) for name in SUMMARY_FIELDS}
         out["run_id"] = self.run_id
         out["config"] = self.config.to_dict()
+        if not self.ranks.empty:  # a distributed run: each rank's times
+            out["ranks"] = self.ranks.to_dict(orient="records")
         return out
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything, as plain values (JSON): what a distributed run's rank 0 sends to the kernel."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, pd.DataFrame):
+                value = value.to_dict(orient="records")
+            out[f.name] = value.to_dict() if f.name == "config" else value
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "RunResult":
+        values = dict(record)
+        values["config"] = RunConfig.from_dict(values["config"])
+        for f in dataclasses.fields(cls):
+            if f.name in ("history", "epochs", "segments", "ranks"):
+                values[f.name] = pd.DataFrame(values.get(f.name) or [])
+        return cls(**values)
 
     def summary(self) -> str:
         """A short table for terminals and notebooks."""
@@ -75,6 +100,7 @@ class RunResult:
             ("time", f"{self.time_s:.1f} s ({self.steps} steps"
                      + (f", {self.micro_steps} micro-steps)" if self.micro_steps != self.steps else ")")),
             ("data / compute", f"{self.data_time_s:.2f} s / {self.compute_time_s:.2f} s (timed steps)"),
+            *[(f"rank {r.rank}", _rank_text(r)) for r in self.ranks.itertuples()],
             *([("input", self.input_verdict)] if self.input_verdict else []),
             ("peak memory", _fmt(self.peak_memory_bytes and self.peak_memory_bytes / 2**20, "{:,.0f} MiB")),
             ("params", _pair(self.dense_params, self.params, "{:,}")),
@@ -96,6 +122,13 @@ class RunResult:
         acc = _fmt(self.accuracy, "{:.3f}")
         thr = _fmt(self.throughput, "{:.0f}")
         return f"RunResult(status={self.status!r}, throughput={thr}, accuracy={acc}, error={self.error!r})"
+
+
+def _rank_text(rank) -> str:
+    text = f"data {rank.data_s:.2f} s / compute {rank.compute_s:.2f} s (logged steps)"
+    if rank.allreduce_s_per_step is not None and not math.isnan(rank.allreduce_s_per_step):
+        text += f"; gradient all-reduce {rank.allreduce_s_per_step * 1e3:.1f} ms/step (overlaps backward)"
+    return text
 
 
 def _fmt(value, pattern: str) -> str:

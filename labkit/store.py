@@ -159,6 +159,19 @@ class Store:
         self._write("UPDATE runs SET ended_at = ?, status = ?, summary = ?, error = ? WHERE id = ?",
                     [(time.time(), status, _json(summary), error, run_id)])
 
+    def correct_end(self, run_id: int, status: str, error: str | None) -> None:
+        """Set a run's final status and error when they differ from what was recorded (a distributed run: a
+        rank other than the recording one failed first, or the recording one died); the figures stay."""
+        rows = self._query("SELECT status, error FROM runs WHERE id = ?", (run_id,))
+        if not rows or tuple(rows[0]) == (status, error):
+            return
+        self._write("UPDATE runs SET status = ?, error = ?, ended_at = COALESCE(ended_at, ?) WHERE id = ?",
+                    [(status, error, time.time(), run_id)])
+        if error:
+            self._write("INSERT INTO events (run_id, step, time_s, kind, data) "
+                        "SELECT ?, COALESCE(MAX(step), 0), 0.0, 'error', ? FROM metrics WHERE run_id = ?",
+                        [(run_id, _json({"error": error}), run_id)])
+
     # ---- reading ----------------------------------------------------------------------------------------
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with closing(self._connect()) as db:

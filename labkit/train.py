@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 from . import data as data_mod, devices, models
 from .config import KNOBS, LIVE_KNOBS, RunConfig
+from .dist.ranks import Ranks
 from .events import ChangeDropped, EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
 from .measure import Meter, data_share
 from .result import RunResult
-from .techniques import AT, Context, data_loading, grad_accum, optimizers, precision, pruning, schedule
+from .techniques import AT, Context, data_loading, distributed, grad_accum, optimizers, precision, pruning, schedule
 
 
 class NonFiniteLoss(RuntimeError):
@@ -113,6 +114,10 @@ class Controls:
             if future.set_running_or_notify_cancel():
                 future.set_exception(RuntimeError(reason))
 
+    def sync(self) -> None:
+        """At each step boundary, before the requests are read. A distributed run's ranks agree here on what
+        rank 0 was asked (labkit.dist.worker.RankControls); one process has nothing to agree on."""
+
     def stop(self, reason: str | None = None) -> None:
         """Stop at the next step boundary; `reason` (e.g. "stopped by SIGTERM") is recorded as the run's error."""
         if self.stop_reason is None:  # the first reason given is the one recorded
@@ -171,6 +176,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
+def check_change(knobs: RunConfig, changes: dict[str, Any], device: torch.device) -> RunConfig:
+    """Validate a mid-run change against the knobs in force; returns the knobs it would give."""
+    unknown = set(changes) - set(LIVE_KNOBS)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)} cannot change during a run: live knobs are {list(LIVE_KNOBS)}.")
+    new = knobs.replace(**changes).check_values()
+    new = new.replace(amp=devices.resolve_amp(new.amp, device))
+    for technique in AT["check_change"]:
+        problem = technique.check_change(knobs, new)
+        if problem:
+            raise ValueError(problem)
+    return new.validate()
+
+
 class Trainer:
     """One run of a RunConfig. `run()` trains and returns a RunResult; listeners get every event."""
 
@@ -180,6 +199,7 @@ class Trainer:
         self.precisions = devices.precisions(self.device)
         self.listeners = list(listeners)
         self.controls = controls
+        self.ranks = Ranks.current()  # rank 0 of 1, unless labkit.dist.worker started a process group
         # The knobs now in force: the configuration with amp="auto" resolved, and what techniques start with
         # (pruning scheduled for later starts at 0).
         start = {k: v for t in AT["start"] for k, v in t.start(config).items()}
@@ -253,7 +273,7 @@ class Trainer:
         self.micro_steps += len(batches)
         self.marks.append((data_start, compute_start, self.clock.mark()))
         self.losses.append(step_loss)
-        images = sum(len(y) for _, y in micro_batches)
+        images = sum(len(y) for _, y in micro_batches) * self.ranks.world  # every rank took an equal share
         self.step += 1
         self.images_seen += images
         self.meter.step(images)
@@ -262,10 +282,11 @@ class Trainer:
         """Forward and backward over each prepared micro-batch, then the update; returns the loss (on the
         device: reading it would synchronise). The finders (labkit.finders) take their steps through here too."""
         step_loss = 0.0
-        for x, y in batches:
-            with precision.autocast_context(self.device, self.knobs.amp):
-                loss = self.loss_fn(self.train_model(x), y) / len(batches)  # the mean over the effective batch
-            self.scaler.scale(loss).backward()  # gradients add up over the micro-batches
+        for i, (x, y) in enumerate(batches):
+            with distributed.gradient_sync(self.train_model, last_micro_batch=i == len(batches) - 1):
+                with precision.autocast_context(self.device, self.knobs.amp):
+                    loss = self.loss_fn(self.train_model(x), y) / len(batches)  # the mean over the effective batch
+                self.scaler.scale(loss).backward()  # gradients add up over the micro-batches (and DDP's ranks)
             step_loss += loss.detach()
         self.scaler.step(self.optimizer)  # skipped by fp16's GradScaler when the gradients overflowed
         self.scaler.update()
@@ -284,7 +305,7 @@ class Trainer:
         """The first step pays one-off costs (compilation, lazy initialisation): timed alone, never throughput."""
         devices.synchronize(self.device)
         now = time.perf_counter()
-        if self.train_model is not self.model:
+        if self.config.compile != "off":
             self.compile_s = now - self.t0 - self.meter.segments[0]["start_s"]
         self.meter.restart(now)  # its time and images leave the interval; its loss stays to be logged
         self.marks = []
@@ -302,6 +323,7 @@ class Trainer:
         if due:
             self.apply(due)
         if self.controls is not None:
+            self.controls.sync()  # a distributed run: every rank takes rank 0's requests at this same step
             if self.controls.paused or self.controls.has_tasks():
                 self._log()  # neither the pause nor a task is training time
                 self.controls.run_tasks(self)
@@ -320,16 +342,7 @@ class Trainer:
     # ---- knobs and segments --------------------------------------------------------------------------------
     def check_change(self, changes: dict[str, Any]) -> RunConfig:
         """Validate a mid-run change against the run's state; returns the knobs it would give."""
-        unknown = set(changes) - set(LIVE_KNOBS)
-        if unknown:
-            raise ValueError(f"{sorted(unknown)} cannot change during a run: live knobs are {list(LIVE_KNOBS)}.")
-        new = self.knobs.replace(**changes).check_values()
-        new = new.replace(amp=devices.resolve_amp(new.amp, self.device))
-        for technique in AT["check_change"]:
-            problem = technique.check_change(self.knobs, new)
-            if problem:
-                raise ValueError(problem)
-        return new.validate()
+        return check_change(self.knobs, changes, self.device)
 
     def apply(self, changes: dict[str, Any], requested: bool = False) -> None:
         """Apply knob changes at a step boundary and start a new segment. A `requested` change (from Controls)
@@ -384,11 +397,13 @@ class Trainer:
         losses = torch.stack(self.losses).float().tolist()  # one sync for the whole interval
         devices.synchronize(self.device)
         now = time.perf_counter()
+        data_s = sum(self.clock.seconds(a, b) for a, b, _ in self.marks)
+        compute_s = sum(self.clock.seconds(b, c) for _, b, c in self.marks)
+        # A distributed run logs the global batch's loss, and every rank's times are kept (one collective).
+        losses = self.ranks.log(losses, data_s, compute_s, distributed.allreduce_s_per_step(self.train_model))
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
             raise NonFiniteLoss(self._non_finite_message(self.step - len(losses) + bad[0] + 1, losses[bad[0]]))
-        data_s = sum(self.clock.seconds(a, b) for a, b, _ in self.marks)
-        compute_s = sum(self.clock.seconds(b, c) for _, b, c in self.marks)
         # The next interval starts at `now`, so the time listeners take below counts against training throughput.
         throughput = self.meter.close(now, self.step, self._now(), data_s, compute_s)
         self.marks, self.losses = [], []
@@ -424,7 +439,8 @@ class Trainer:
                 correct += (self.model(x).argmax(dim=1) == labels).sum()
             seen += len(labels)
         self.model.train()
-        return int(correct) / max(seen, 1)
+        correct, seen = self.ranks.sum(torch.stack([correct, torch.tensor(seen, device=self.device)])).tolist()
+        return correct / max(seen, 1)
 
     # ---- set-up and the end --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -433,11 +449,14 @@ class Trainer:
         devices.reset_peak_memory(self.device)
         torch.manual_seed(cfg.seed)  # initial weights, and mixup's draws
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)  # data order and augmentation
+        # Distributed: every rank draws the same batch order and takes its share; augmentation draws its own.
+        augment_gen = self.gen if self.ranks.world == 1 else torch.Generator(device=self.device).manual_seed(
+            cfg.seed + 7919 * self.ranks.rank)
         self.data = data_mod.load(cfg.dataset, cfg.train_size, cfg.test_size)
         self.data.mean, self.data.std = self.data.mean.to(self.device), self.data.std.to(self.device)
         loading = data_loading.loader_options(cfg, self.device)
-        self.train_batches = data_mod.batches(self.data.train, cfg.loader, self.device, loading)
-        self.test_batches = data_mod.batches(self.data.test, cfg.loader, self.device, loading)
+        self.train_batches = data_mod.batches(self.data.train, cfg.loader, self.device, loading, self.ranks.share)
+        self.test_batches = data_mod.batches(self.data.test, cfg.loader, self.device, loading, self.ranks.share)
         step_images = cfg.batch_size * cfg.grad_accum
         if step_images > len(self.train_batches):
             raise ValueError(f"batch_size={cfg.batch_size} x grad_accum={cfg.grad_accum} is larger than the "
@@ -445,7 +464,7 @@ class Trainer:
         self.model = models.build(cfg.model, self.data.num_classes, self.data.image_shape[0], cfg.width,
                                   cfg.depth, cfg.norm).to(self.device)
         self.ctx = Context(self.device, self.data.num_classes,
-                           torch.zeros(1, *self.data.image_shape, device=self.device), self.gen)
+                           torch.zeros(1, *self.data.image_shape, device=self.device), augment_gen)
         self.dense_params = models.count_params(self.model)
         self.dense_weights = pruning.total_weights(self.model)
         self.dense_flops = self._count_flops()
@@ -453,7 +472,7 @@ class Trainer:
             technique.setup(self.model, k, self.ctx)
         self.flops_per_image = self._count_flops()
         self.train_model = self.model
-        for technique in AT["wrap"]:  # the model that trains: compiled (and, later, distributed)
+        for technique in AT["wrap"]:  # the model that trains: DDP-wrapped, compiled
             self.train_model = technique.wrap(self.train_model, k)
         self.scaler = precision.make_scaler(self.device, k.amp)
         self._build_optimizer()
@@ -539,7 +558,8 @@ class Trainer:
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"], data_share=share,
             input_verdict=data_loading.verdict(share, self.config, self.device),
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
-            segments=pd.DataFrame(self.meter.segments))
+            segments=pd.DataFrame(self.meter.segments),
+            ranks=pd.DataFrame(self.ranks.times) if self.ranks.world > 1 else pd.DataFrame())
 
     def release_memory(self) -> None:
         """Drop what the run held on the device and end its DataLoader workers, so the kernel can start the next

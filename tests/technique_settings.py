@@ -14,6 +14,8 @@ SETTINGS = {
     "channels_last": dict(config={"channels_last": True}, live={"channels_last": True}),
     # A cold compile of the tiny CNN takes 25-35 s on 2 cores; the second run finds Inductor's cache warm.
     "compile": dict(config={"compile": "default"}, live=None, marks=[pytest.mark.slow]),
+    # Two processes started with torchrun (gloo on the CPU); tests/test_distributed.py checks the rest.
+    "distributed": dict(config={"nproc": 2}, live=None),
     # One worker process streams the batches: the DataLoader path with its start method, timeout and clean-up.
     "data_loading": dict(config={"loader": "dataloader", "num_workers": 1, "persistent_workers": True}, live=None),
 }

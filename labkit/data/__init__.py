@@ -197,15 +197,22 @@ def load(name: str, train_size: int | None = None, test_size: int | None = None,
                      "or 'imagefolder:<path>'.")
 
 
-class DeviceBatches:
-    """A split held on the device as uint8; batches are index operations."""
+def whole(n: int) -> slice:
+    """A single process's share of n items: all of them (labkit.dist.ranks.Ranks.share splits them)."""
+    return slice(0, n)
 
-    def __init__(self, split: Split | TorchDataset, device: torch.device):
+
+class DeviceBatches:
+    """A split held on the device as uint8; batches are index operations. `share(n)`: which part of each batch
+    (and of the evaluation pass) is this process's, in a distributed run."""
+
+    def __init__(self, split: Split | TorchDataset, device: torch.device, share: Callable[[int], slice] = whole):
         if not isinstance(split, Split):  # an image folder that fits: decode it once (one pass: images and labels)
             images, labels = zip(*(split[i] for i in range(len(split))))
             split = Split(torch.stack(images), torch.tensor(labels))
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
+        self.share = share
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -215,39 +222,42 @@ class DeviceBatches:
         order = torch.randperm(len(self), device=self.images.device, generator=gen)
         start, size = 0, batch_size()
         while start + size <= len(self):  # the last partial batch is dropped
-            idx = order[start:start + size]
+            idx = order[start:start + size][self.share(size)]  # every process draws the same order
             yield self.images[idx], self.labels[idx]
             start, size = start + size, batch_size()
 
     def eval_batches(self, limit: int | None = None) -> Iterator:
-        n = len(self) if limit is None else min(limit, len(self))
-        for start in range(0, n, EVAL_BATCH):
-            yield self.images[start:min(n, start + EVAL_BATCH)], self.labels[start:min(n, start + EVAL_BATCH)]
+        part = self.share(len(self) if limit is None else min(limit, len(self)))
+        for start in range(part.start, part.stop, EVAL_BATCH):
+            end = min(part.stop, start + EVAL_BATCH)
+            yield self.images[start:end], self.labels[start:end]
 
 
 class _ResizableBatches(torch.utils.data.Sampler):
     """Shuffled index batches whose size is read before each batch, as DeviceBatches does."""
 
-    def __init__(self, n: int, batch_size: Callable[[], int], gen: torch.Generator):
-        self.n, self.batch_size, self.gen = n, batch_size, gen
+    def __init__(self, n: int, batch_size: Callable[[], int], gen: torch.Generator, share: Callable[[int], slice]):
+        self.n, self.batch_size, self.gen, self.share = n, batch_size, gen, share
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.gen).tolist()
         start, size = 0, self.batch_size()
         while start + size <= self.n:
-            yield order[start:start + size]
+            yield order[start:start + size][self.share(size)]
             start, size = start + size, self.batch_size()
 
 
 class LoaderBatches:
     """A split read through a torch DataLoader (images decoded by worker processes), moved to the device.
     `options` are DataLoader arguments (labkit.techniques.data_loading.loader_options); `close()` ends the
-    workers (a stopped live run must not leave them behind)."""
+    workers (a stopped live run must not leave them behind); `share` as for DeviceBatches."""
 
-    def __init__(self, split: Split | TorchDataset, device: torch.device, options: dict | None = None):
+    def __init__(self, split: Split | TorchDataset, device: torch.device, options: dict | None = None,
+                 share: Callable[[int], slice] = whole):
         self.dataset = TensorDataset(split.images, split.labels) if isinstance(split, Split) else split
         self.device, self.options = device, dict(options or {})
         self.cpu_gen = torch.Generator()
+        self.share = share
         self._open: list[Iterator] = []
 
     def __len__(self) -> int:
@@ -265,11 +275,12 @@ class LoaderBatches:
 
     def train_batches(self, batch_size: Callable[[], int], gen: torch.Generator) -> Iterator:
         self.cpu_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
-        sampler = _ResizableBatches(len(self), batch_size, self.cpu_gen)
+        sampler = _ResizableBatches(len(self), batch_size, self.cpu_gen, self.share)
         return self._start(DataLoader(self.dataset, batch_sampler=sampler, **self.options))
 
     def eval_batches(self, limit: int | None = None) -> Iterator:
-        ds = self.dataset if limit is None or limit >= len(self) else Subset(self.dataset, range(limit))
+        part = self.share(len(self) if limit is None else min(limit, len(self)))
+        ds = self.dataset if part == slice(0, len(self)) else Subset(self.dataset, range(part.start, part.stop))
         options = {**self.options, "persistent_workers": False}  # evaluation's workers end with the pass
         return self._start(DataLoader(ds, batch_size=EVAL_BATCH, **options))
 
@@ -280,12 +291,13 @@ class LoaderBatches:
         self._open = []
 
 
-def batches(split, loader: str, device: torch.device, options: dict | None = None):
+def batches(split, loader: str, device: torch.device, options: dict | None = None,
+            share: Callable[[int], slice] = whole):
     """The pipeline for a split: 'device' keeps it resident, 'dataloader' streams it (DataLoader `options`);
-    'auto' keeps tensors resident and streams image folders."""
+    'auto' keeps tensors resident and streams image folders. `share`: this process's part of each batch."""
     if loader == "device" or (loader == "auto" and isinstance(split, Split)):
-        return DeviceBatches(split, device)
-    return LoaderBatches(split, device, options)
+        return DeviceBatches(split, device, share)
+    return LoaderBatches(split, device, options, share)
 
 
 def normalize(images: torch.Tensor, data: ImageData) -> torch.Tensor:

@@ -329,7 +329,9 @@ class Lab:
         now = time.monotonic()
         if kind in ("run_ended", "epoch_ended", "segment_started") or now - self._last_status >= _STATUS_INTERVAL_S:
             self._last_status = now
-            if kind != "run_ended":  # a cheap read (no synchronisation), at most once per redraw; the end has its own
+            # A cheap read (no synchronisation), at most once per redraw; the end has its own. A distributed run's
+            # memory is its processes', not this kernel's: it comes with the result.
+            if kind != "run_ended" and self.run is not None and self.run.config.nproc == 1:
                 self._last["memory"] = devices.peak_memory_bytes(self.device)
             self.status.value = self._status_text()
 

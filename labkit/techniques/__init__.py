@@ -7,8 +7,8 @@ RunConfig's fields, validation and CLI flags, the panel's controls, the README's
 """
 from __future__ import annotations
 
-from . import (augment, channels_last, data_loading, grad_accum, optimizers, precision, pruning, schedule,
-               torch_compile)
+from . import (augment, channels_last, data_loading, distributed, grad_accum, optimizers, precision, pruning,
+               schedule, torch_compile)
 from .base import POINTS, Context, Knob, Technique
 
 # The order is the order of the knobs in RunConfig and of the calls at each named point of the step.
@@ -20,6 +20,7 @@ TECHNIQUES: tuple[Technique, ...] = (
     optimizers.TECHNIQUE,
     schedule.TECHNIQUE,
     channels_last.TECHNIQUE,
+    distributed.TECHNIQUE,  # before compile: the DDP module is what gets compiled
     torch_compile.TECHNIQUE,
     data_loading.TECHNIQUE,
 )
