@@ -68,17 +68,19 @@ def test_two_processes_from_the_cli_take_the_steps_of_one_and_are_stored_once(tm
     assert [r["rank"] for r in summary["ranks"]] == [0, 1] and all(r["compute_s"] > 0 for r in summary["ranks"])
 
 
-def test_a_live_distributed_run_streams_takes_changes_on_every_rank_at_one_step_and_stops(tmp_path):
-    seen, store = [], Store(tmp_path / "runs.db")
-    live = labkit.LiveRun(nproc=2, train_size=4096, test_size=256, epochs=4, batch_size=128, norm="group",
-                          log_every=2, timing_warmup=1, store=store, listeners=[lambda e: seen.append(e)]).start()
-    assert isinstance(live.trainer, Launcher)
+def test_the_panel_starts_a_distributed_run_which_streams_takes_changes_on_every_rank_at_one_step_and_stops(
+        tmp_path):
+    store = Store(tmp_path / "runs.db")
+    lab = labkit.Lab(RunConfig(nproc=2, train_size=4096, test_size=256, epochs=4, batch_size=128, norm="group",
+                               log_every=2, timing_warmup=1), store=store)
+    assert "nproc" in lab.controls  # "nproc (next run)"
+    live = lab.start()
+    assert isinstance(live.trainer, Launcher), lab.last_error
     wait_until(lambda: live.step >= 4, 120, "the first steps")
     live.set(lr=0.02, batch_size=64)
     assert live.wait_measured(60)
     assert (live.knobs.lr, live.knobs.batch_size) == (0.02, 64)
-    with pytest.raises(ValueError, match="cannot change on a distributed run"):
-        live.set(prune=0.3)
+    assert not lab.set_control("prune", 0.3) or "cannot change on a distributed run" in lab.last_error
     with pytest.raises(RuntimeError, match="the finders measure one process"):
         live.find_lr()
 
@@ -88,19 +90,22 @@ def test_a_live_distributed_run_streams_takes_changes_on_every_rank_at_one_step_
     time.sleep(1.0)
     assert live.step == paused_at and live.status == "paused"
     live.resume()
-    live.stop("enough")
-    result = live.wait(60)
-    assert result.status == "stopped" and result.error == "enough" and result.steps < 4 * 4096 // 128
+    lab.stop()
+    result = lab.wait(60)
+    assert result.status == "stopped" and result.steps < 4 * 4096 // 128
 
     # Every rank ended with the same weights: each applied the change (and the stop) at the same step.
     ended = live.trainer.ended
     assert sorted(ended) == [0, 1] and ended[0]["weights_sum"] == ended[1]["weights_sum"]
-    change = [e for e in seen if isinstance(e, SegmentStarted) and e.changes][0]
-    assert change.changes == {"lr": (None, 0.02), "batch_size": (128, 64)}
-    assert [e.kind for e in seen][0] == "run_started" and isinstance(seen[-1], RunEnded)
     events = store.events(live.run_id)
-    assert events[events.kind == "segment"]["step"].tolist() == [0, change.step]
+    changed_at = events[events.kind == "segment"]["step"].tolist()
+    assert len(changed_at) == 2 and changed_at[0] == 0 and paused_at >= changed_at[1] >= 4
+    assert events[events.kind == "segment"]["label"].iloc[1] == "batch_size: 128 -> 64, lr: None -> 0.02"
     assert store.runs()["status"].tolist() == ["stopped"]  # stored once, by rank 0
+    # The panel saw it live: the charts' points and the change's label, the status line's end.
+    assert len(lab.dashboard.loss.x) >= 3 and [c[1] for c in lab.dashboard.changes] == [
+        "batch_size: 128 -> 64, lr: None -> 0.02"]
+    assert "stopped" in lab.status.value
     assert _group_is_gone(live.trainer.process.pid)
 
 
