@@ -5,6 +5,8 @@ each one checks as much as one run can show."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -123,6 +125,31 @@ def test_a_killed_rank_fails_the_run_with_its_name_and_leaves_no_process(tmp_pat
     assert (stored["status"], stored["error"]) == ("failed", result.error)
     assert store.events(int(stored["id"]))["kind"].iloc[-1] == "error"
     assert _group_is_gone(live.trainer.process.pid)
+
+
+def test_ctrl_c_in_the_cli_stops_every_rank_and_records_the_run_as_stopped(tmp_path):
+    db = tmp_path / "runs.db"
+    cli_process = subprocess.Popen([sys.executable, "-m", "labkit", "run", "--nproc", "2", "--db", str(db), "--quiet",
+                                    "--train-size", "4096", "--test-size", "256", "--epochs", "50", "--norm", "group"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: db.exists() and not Store(db).runs().empty, 120, "the run to start")
+    time.sleep(1.0)
+    cli_process.send_signal(signal.SIGINT)
+    out, err = cli_process.communicate(timeout=60)
+    assert cli_process.returncode == 130, err
+    assert "stopped by SIGINT" in err
+    stored = Store(db).runs().iloc[-1]
+    assert (stored["status"], stored["error"]) == ("stopped", "interrupted (SIGINT)")
+    leftover = [pid for pid in filter(str.isdigit, os.listdir("/proc"))
+                if _reads(f"/proc/{pid}/environ").count(f"LABKIT_RUN_STORE={db}".encode())]
+    assert leftover == []
+
+
+def _reads(path: str) -> bytes:
+    try:
+        return open(path, "rb").read()
+    except OSError:
+        return b""
 
 
 # ---- without processes ---------------------------------------------------------------------------------
