@@ -43,6 +43,10 @@ class Meter:
         self.segment_steps += 1
         self._images += images
 
+    def timed(self) -> bool:
+        """Whether the open interval will count towards throughput (it started after the warm-up)."""
+        return self._start_step >= self.timing_warmup
+
     def log_due(self) -> bool:
         """True at the step that ends the segment's warm-up, then every `log_every` steps."""
         warm, done = self.timing_warmup, self.segment_steps
@@ -55,7 +59,7 @@ class Meter:
         segment = self.segments[-1]
         segment.update(end_step=step, end_s=time_s)
         throughput = None
-        if self._start_step >= self.timing_warmup and seconds > 0:
+        if self.timed() and seconds > 0:
             segment["timed_images"] += self._images
             segment["timed_s"] += seconds
             segment["data_s"] += data_s

@@ -12,7 +12,7 @@ from .config import RunConfig
 
 SUMMARY_FIELDS = ("status", "throughput", "accuracy", "train_accuracy", "time_s", "peak_memory_bytes",
                   "flops_per_image", "dense_flops_per_image", "params", "dense_params", "sparsity", "mfu",
-                  "steps", "micro_steps", "compile_s", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s",
+                  "steps", "micro_steps", "compile_s", "launch_s", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s",
                   "data_share", "input_verdict", "device", "precision",
                   "precision_native", "error")
 
@@ -39,6 +39,7 @@ class RunResult:
     steps: int = 0  # optimizer steps
     micro_steps: int = 0  # forward-backward passes: steps x grad_accum
     compile_s: float | None = None  # a compiled run's first step: the compilation, never counted in throughput
+    launch_s: float | None = None  # a distributed run: from starting torchrun to training (not in time_s)
     loss_scale: float | None = None
     skipped_steps: int = 0
     data_time_s: float = 0.0  # timed steps: getting each batch (waiting for a DataLoader, indexing, augmenting)
@@ -54,8 +55,8 @@ class RunResult:
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per logged point
     epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per epoch
     segments: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per knob setting
-    # A distributed run: one row per rank (data and compute seconds over the logged intervals, and DDP's
-    # measured all-reduce seconds per step, which overlap backward); empty for one process.
+    # A distributed run: one row per rank (data and compute seconds over the timed steps, as data_time_s and
+    # compute_time_s, and DDP's measured all-reduce seconds per step, which overlap backward); empty otherwise.
     ranks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +110,8 @@ class RunResult:
         ]
         if self.compile_s is not None:
             rows.append(("compile", f"{self.compile_s:.1f} s (first step; not in throughput)"))
+        if self.launch_s is not None:
+            rows.append(("start-up", f"{self.launch_s:.1f} s (torchrun, the processes' imports; not in time)"))
         if self.mfu is not None:
             rows.append(("MFU", f"{self.mfu:.1%}"))
         if self.loss_scale is not None:
@@ -125,7 +128,7 @@ class RunResult:
 
 
 def _rank_text(rank) -> str:
-    text = f"data {rank.data_s:.2f} s / compute {rank.compute_s:.2f} s (logged steps)"
+    text = f"data {rank.data_s:.2f} s / compute {rank.compute_s:.2f} s (timed steps)"
     if rank.allreduce_s_per_step is not None and not math.isnan(rank.allreduce_s_per_step):
         text += f"; gradient all-reduce {rank.allreduce_s_per_step * 1e3:.1f} ms/step (overlaps backward)"
     return text

@@ -211,6 +211,8 @@ class Trainer:
         self.rejected: list[str] = []  # requested changes dropped at the step boundary, with the reason
         self.info = {**devices.describe(self.device),
                      "native_precisions": [m for m, p in self.precisions.items() if p.native]}
+        if self.ranks.world > 1:
+            self.info["processes"] = self.ranks.world  # on every machine: nproc counts one machine's
         self.total_steps, self.model, self.optimizer, self.scaler, self.compile_s = 0, None, None, None, None
         self.train_batches = self.test_batches = None  # the data pipelines, made by setup()
         self.flops_per_image = self.dense_flops = self.dense_params = None
@@ -400,7 +402,8 @@ class Trainer:
         data_s = sum(self.clock.seconds(a, b) for a, b, _ in self.marks)
         compute_s = sum(self.clock.seconds(b, c) for _, b, c in self.marks)
         # A distributed run logs the global batch's loss, and every rank's times are kept (one collective).
-        losses = self.ranks.log(losses, data_s, compute_s, distributed.allreduce_s_per_step(self.train_model))
+        losses = self.ranks.log(losses, data_s, compute_s, distributed.allreduce_s_per_step(self.train_model),
+                                timed=self.meter.timed())
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
             raise NonFiniteLoss(self._non_finite_message(self.step - len(losses) + bad[0] + 1, losses[bad[0]]))
@@ -553,6 +556,7 @@ class Trainer:
             throughput=throughput, accuracy=last.get("test_accuracy"), train_accuracy=last.get("train_accuracy"),
             time_s=self._now(), peak_memory_bytes=devices.peak_memory_bytes(self.device), **figures,
             steps=self.step, micro_steps=self.micro_steps, compile_s=self.compile_s,
+            launch_s=self.info.get("launch_s"),
             loss_scale=precision.scale_of(self.scaler) if self.scaler is not None else None,
             skipped_steps=self.step - self.optimizer_steps,
             data_time_s=totals["data_s"], compute_time_s=totals["compute_s"], data_share=share,

@@ -333,6 +333,13 @@ def test_exercise_checks_catch_near_misses():
     assert not lessons.check("grad_accum", summed_not_averaged)
     assert not lessons.check("nhwc_strides", lambda shape: torch.empty(shape).stride())  # NCHW's
     assert lessons.check("nhwc_strides", lambda s: torch.empty(s, memory_format=torch.channels_last).stride())
+
+    def ring_bytes(model, nproc):  # every parameter, in 4 bytes each: forgets frozen layers and bf16 weights
+        return 2 * (nproc - 1) / nproc * 4 * sum(p.numel() for p in model.parameters())
+
+    assert not lessons.check("ring_allreduce", ring_bytes)
+    assert lessons.check("ring_allreduce", lambda model, nproc: 2 * (nproc - 1) / nproc * sum(
+        p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
     del prune
 
 

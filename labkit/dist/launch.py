@@ -60,9 +60,13 @@ def launch_commands(config: RunConfig, nnodes: int, endpoint: str | None, store:
     if nnodes > 1 and not endpoint:
         raise ValueError(f"nnodes={nnodes}: give --rdzv-endpoint HOST:PORT, an address of machine 0 that the "
                          "others can reach (a free port, e.g. 29500).")
+    world = config.nproc * nnodes
+    if config.batch_size % world:
+        raise ValueError(f"batch_size={config.batch_size} does not split across {nnodes} machines x nproc="
+                         f"{config.nproc} = {world} processes: use a multiple of {world}.")
     env = {"LABKIT_RUN_CONFIG": json.dumps(config.changed()), "LABKIT_RUN_STORE": str(store or "")}
     note = ""
-    if devices.resolve_device(config.device).type == "cpu":
+    if config.device == "cpu":  # the machines are not this one: nothing here is resolved (a GPU may be absent)
         env["OMP_NUM_THREADS"] = str(max(1, devices.cpu_cores() // config.nproc))
         note = f" (OMP_NUM_THREADS: this machine's {devices.cpu_cores()} cores / nproc; set each machine's)"
     run_id = f"labkit-{secrets.token_hex(4)}"
@@ -142,8 +146,8 @@ class Launcher:
         store = next((r.store.path for r in self.recorders), "")
         env = {**os.environ, "LABKIT_RUN_CONFIG": json.dumps(self.config.to_dict()),
                "LABKIT_RUN_STORE": str(store), "LABKIT_CHANNEL": "127.0.0.1:%d" % server.getsockname()[1],
-               "LABKIT_CHANNEL_TOKEN": token, "PYTHONUNBUFFERED": "1"}
-        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+               "LABKIT_CHANNEL_TOKEN": token, "LABKIT_LAUNCHED_AT": repr(time.time()), "PYTHONUNBUFFERED": "1"}
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # one set by the user is kept
             # The processes share this machine's cores: each gets its part (torchrun would give each one).
             env["OMP_NUM_THREADS"] = str(max(1, devices.cpu_cores() // self.config.nproc))
         return env

@@ -10,7 +10,8 @@ import torch.distributed as dist
 class Ranks:
     def __init__(self, rank: int = 0, world: int = 1):
         self.rank, self.world = rank, world
-        # Each rank's data, compute and all-reduce seconds over the logged intervals (distributed runs only).
+        # Each rank's data and compute seconds over the timed intervals (as the run's data_time_s and
+        # compute_time_s), and DDP's all-reduce seconds per step (distributed runs only).
         self.times = [{"rank": r, "data_s": 0.0, "compute_s": 0.0, "allreduce_s_per_step": None}
                       for r in range(world)]
 
@@ -31,9 +32,11 @@ class Ranks:
             dist.all_reduce(values)
         return values
 
-    def log(self, losses: list[float], data_s: float, compute_s: float, allreduce_s: float | None) -> list[float]:
-        """At a logged point: every rank's losses and times in one collective. Returns the global batch's losses
-        (the mean of the ranks' equal shares), the same on every rank, so all stop together at a NaN."""
+    def log(self, losses: list[float], data_s: float, compute_s: float, allreduce_s: float | None,
+            timed: bool) -> list[float]:
+        """At a logged point: every rank's losses and times in one collective (the times are kept when the
+        interval is `timed`). Returns the global batch's losses (the mean of the ranks' equal shares), the same
+        on every rank, so all stop together at a NaN."""
         if self.world == 1:
             return losses
         mine = torch.tensor([*losses, data_s, compute_s, -1.0 if allreduce_s is None else allreduce_s],
@@ -43,7 +46,8 @@ class Ranks:
         dist.all_gather(every, mine)
         rows = torch.stack(every).cpu()
         for times, row in zip(self.times, rows.tolist()):
-            times["data_s"] += row[-3]
-            times["compute_s"] += row[-2]
+            if timed:
+                times["data_s"] += row[-3]
+                times["compute_s"] += row[-2]
             times["allreduce_s_per_step"] = row[-1] if row[-1] >= 0 else None
         return rows[:, :len(losses)].mean(dim=0).tolist()

@@ -168,6 +168,8 @@ def main() -> int:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
         controls = RankControls(rank, dist.new_group(backend="gloo", timeout=timedelta(seconds=TIMEOUT_S)))
         trainer = Trainer(config, controls=controls)
+        if os.environ.get("LABKIT_LAUNCHED_AT"):  # the launcher's clock: this machine's
+            trainer.info["launch_s"] = time.time() - float(os.environ["LABKIT_LAUNCHED_AT"])
         if rank == 0:
             store_path = os.environ.get("LABKIT_RUN_STORE", "")
             recorder = Store(store_path).recorder() if store_path else None

@@ -415,6 +415,26 @@ REFERENCES["data_loading"] = [
                "compiled CPU pipeline, asynchronous transfer)", "hardware": "one machine (8 A100s)",
      "source": "Leclerc et al., 'FFCV: Accelerating Training by Removing Data Bottlenecks' (CVPR 2023)"},
 ]
+REFERENCES["distributed"] = [
+    {"result": "ResNet-50 v1.5 training, 1 -> 8 GPUs: 938 -> 7,248 img/s in TF32 (7.72x, about 96% efficiency); "
+               "2,470 -> 16,621 img/s with AMP (6.72x, about 84%: faster compute, same communication)",
+     "hardware": "DGX A100 (8x A100 80GB)", "source": "NVIDIA DeepLearningExamples, PyTorch ResNet50 v1.5 README"},
+    {"result": "the same on V100s: 7.76x in FP32, 6.93x with AMP", "hardware": "DGX-1 (8x V100 16GB)",
+     "source": "NVIDIA DeepLearningExamples, PyTorch ResNet50 v1.5 README"},
+    {"result": "DDP reaches near-linear scalability with 256 GPUs when configured appropriately: gradients "
+               "all-reduced in buckets (bucket_cap_mb, 25 MiB by default) that overlap backward, no_sync to skip "
+               "synchronisation during accumulation", "hardware": "up to 256 GPUs",
+     "source": "Li et al. 2020, 'PyTorch Distributed: Experiences on Accelerating Data Parallel Training' (VLDB)"},
+    {"result": "ring all-reduce: 90% scaling efficiency for Inception V3 and ResNet-101, 68% for VGG-16 (138M "
+               "parameters: more to send per FLOP)", "hardware": "512 Pascal GPUs (128 servers, 25 Gbit/s RoCE)",
+     "source": "Horovod docs, Benchmarks (Sergeev & Del Balso 2018)"},
+    {"result": "ResNet-50 on ImageNet at 32 images per GPU: about 90% scaling efficiency from 8 to 256 GPUs",
+     "hardware": "P100 GPUs (Big Basin servers, 50 Gbit/s Ethernet)",
+     "source": "Goyal et al. 2017, 'Accurate, Large Minibatch SGD'"},
+    {"result": "a ring all-reduce sends 2 (N-1)/N of the data from each process, the lower bound for any all-reduce: "
+               "the time hardly grows with N", "hardware": "(any)",
+     "source": "Patarasuk & Yuan 2009, 'Bandwidth optimal all-reduce algorithms for clusters of workstations'"},
+]
 
 
 def reference(topic: str, mine: dict[str, Any] | None = None) -> pd.DataFrame:

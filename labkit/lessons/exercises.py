@@ -194,6 +194,28 @@ def _data_wait_cases():
         yield label, (marks,), (share, kind)
 
 
+# ---- lesson 15: what a ring all-reduce sends -----------------------------------------------------------------
+def _ring_allreduce_cases():
+    """Bytes each process sends per step in a ring all-reduce of a model's gradients, 2 (N-1)/N of them: the
+    gradients counted by labkit (models.count_params over what trains), at the parameters' element size."""
+    from .. import models
+
+    def sent(params, nproc, dtype=torch.float32):
+        return 2 * (nproc - 1) / nproc * params * torch.empty((), dtype=dtype).element_size()
+
+    torch.manual_seed(15)
+    cnn = models.build("cnn", 10, 3, 16, 3, "group")
+    for n in (2, 8):
+        yield f"labkit's cnn (width 16), nproc={n}", (cnn, n), sent(models.count_params(cnn), n)
+    yield "one process sends nothing", (cnn, 1), 0.0
+    wide = models.build("cnn", 10, 3, 32, 3, "group").to(torch.bfloat16)
+    yield "cnn of width 32 in bf16, nproc=4", (wide, 4), sent(models.count_params(wide), 4, torch.bfloat16)
+    frozen = models.build("cnn", 10, 3, 16, 3, "group")
+    frozen.requires_grad_(False)
+    head = models.classifier(frozen).requires_grad_(True)  # fine-tuning the last layer only
+    yield "only the classifier trains, nproc=3", (frozen, 3), sent(models.count_params(head), 3)
+
+
 EXERCISES = {e.name: e for e in (
     Exercise("bf16_round", "to_bf16(x): each fp32 value rounded to the nearest bf16 (ties to even), as fp32",
              _bf16_cases),
@@ -217,6 +239,9 @@ EXERCISES = {e.name: e for e in (
     Exercise("data_wait", "data_wait(marks) -> (share, kind): from per-step (data_start, compute_start, end) times, "
              "the share of step time spent getting batches, and 'compute-bound' (below 10%), 'partly input-bound' "
              "or 'input-bound' (30% or more)", _data_wait_cases, atol=1e-9),
+    Exercise("ring_allreduce", "allreduce_bytes(model, nproc) -> bytes each of nproc processes sends per optimizer "
+             "step in a ring all-reduce of the model's gradients: 2 (nproc - 1) / nproc x the bytes of every "
+             "parameter that requires a gradient", _ring_allreduce_cases, atol=1e-3),
 )}
 # Exercises whose student function is one step of a sequence: the check runs the sequence.
 _DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw, "grad_accum": _run_accum,
