@@ -2,8 +2,8 @@
 
 Each round trains every process count once through labkit.run (nproc=1 in this process, nproc>1 through torchrun),
 so a slow moment of a shared machine falls on all of them. The table gives per count the median global throughput,
-the scaling efficiency (N-process throughput / (N x 1-process throughput)), the run's wall time (start-up
-included), and what DDP measured of the gradient all-reduce per step (it overlaps backward). On a CPU every count
+the scaling efficiency (N-process throughput / (N x 1-process throughput)), the run's time and, apart, the start-up
+of torchrun and its processes, and what DDP measured of the gradient all-reduce per step (it overlaps backward). On a CPU every count
 shares the same cores (each process gets cores / N threads), so efficiency there says what the processes cost,
 not what more hardware would give; on a GPU machine each process has its own GPU.
 
@@ -52,15 +52,16 @@ def main() -> None:
             found[n].append(result)
 
     one = statistics.median(r.throughput for r in found[1])
-    print(f"\n{'nproc':>5} {'img/s':>9} {'speed-up':>9} {'efficiency':>11} {'wall s':>7} {'all-reduce ms/step':>19}"
-          f" {'accuracy':>9}")
+    print(f"\n{'nproc':>5} {'img/s':>9} {'speed-up':>9} {'efficiency':>11} {'train s':>8} {'start-up s':>11}"
+          f" {'all-reduce ms/step':>19} {'accuracy':>9}")
     for n, results in found.items():
         speed = statistics.median(r.throughput for r in results)
         wall = statistics.median(r.time_s for r in results)
+        launch = "-" if results[-1].launch_s is None else f"{statistics.median(r.launch_s for r in results):.1f}"
         ranks = results[-1].ranks
         allreduce = ("-" if ranks.empty or ranks["allreduce_s_per_step"].isna().all()
                      else f"{ranks['allreduce_s_per_step'].mean() * 1e3:.1f}")
-        print(f"{n:>5} {speed:>9,.0f} {speed / one:>8.2f}x {speed / (n * one):>10.0%} {wall:>7.1f} {allreduce:>19}"
+        print(f"{n:>5} {speed:>9,.0f} {speed / one:>8.2f}x {speed / (n * one):>10.0%} {wall:>8.1f} {launch:>11} {allreduce:>19}"
               f" {results[-1].accuracy:>9.3f}")
 
 
