@@ -195,11 +195,13 @@ class Trainer:
 
     def __init__(self, config: RunConfig, listeners: Iterable[Listener] = (), controls: Controls | None = None):
         self.config = config.validate()
+        self.ranks = Ranks.current()  # rank 0 of 1, unless labkit.dist.worker started a process group
         self.device = devices.resolve_device(config.device)
+        if self.ranks.world > 1 and self.device.type == "cuda":  # each rank its own GPU (the worker set it)
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.precisions = devices.precisions(self.device)
         self.listeners = list(listeners)
         self.controls = controls
-        self.ranks = Ranks.current()  # rank 0 of 1, unless labkit.dist.worker started a process group
         # The knobs now in force: the configuration with amp="auto" resolved, and what techniques start with
         # (pruning scheduled for later starts at 0).
         start = {k: v for t in AT["start"] for k, v in t.start(config).items()}
@@ -549,7 +551,8 @@ class Trainer:
                 flops_per_image=self.flops_per_image, dense_flops_per_image=self.dense_flops,
                 params=models.count_params(self.model) - pruning.masked_weights(self.model),
                 dense_params=self.dense_params, sparsity=pruning.sparsity(self.model, self.dense_weights),
-                mfu=mfu(self.flops_per_image, throughput, self.device, self.knobs.amp))
+                mfu=mfu(self.flops_per_image, throughput and throughput / self.ranks.world, self.device,
+                        self.knobs.amp))  # the global throughput over one device's peak would count N devices
         return RunResult(
             status=status, config=self.config, error=error, device=str(self.device),
             precision=devices.AMP_DTYPE_NAMES[used.mode], precision_native=used.native, precision_note=used.note,

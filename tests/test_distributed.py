@@ -192,6 +192,10 @@ def test_the_root_cause_is_the_first_own_failure_not_a_peer_cut_off():
     assert launcher._first_failure(1) == "loss became nan at step 3"  # every rank saw it: no rank to blame
     launcher.ended = {r: {"rank": r, "status": "stopped", "time": r, "error": "enough"} for r in range(2)}
     assert launcher._first_failure(0) is None
+    launcher.ended = {}  # killed at the end of a slow stop, before a word: still a stop, not a failure
+    assert "ended without reporting" in launcher._first_failure(-15)
+    launcher.controls.stop("enough")
+    assert launcher._first_failure(-15) is None
 
 
 def test_events_and_results_cross_the_channel_intact():
@@ -210,8 +214,10 @@ def test_print_launch_gives_each_machine_its_torchrun_command(capsys):
                      "--batch-size", "512", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.count("-m torch.distributed.run --nproc-per-node=4 --nnodes=2") == 2
-    assert "--node-rank=0" in out and "--node-rank=1" in out and "--rdzv-endpoint=node0:29500" in out
+    assert "--node-rank=0" in out and "--node-rank=1" in out and "--master-addr=node0 --master-port=29500" in out
     assert '"batch_size": 512' in out and "-m labkit.dist.worker" in out
     with pytest.raises(ValueError, match="--rdzv-endpoint"):
         launch_commands(RunConfig(nproc=2), nnodes=2, endpoint=None)
+    with pytest.raises(ValueError, match="2 machines x nproc=8 = 16 processes: use a multiple of 16"):
+        launch_commands(RunConfig(nproc=8, batch_size=200), nnodes=2, endpoint="node0:29500")
     assert cli.main(["run", "--nproc", "2", "--nnodes", "2"]) == cli.EXIT_USAGE  # says to use --print-launch

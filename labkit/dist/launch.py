@@ -40,15 +40,16 @@ KILL_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 START_TIMEOUT_S = 300.0  # from launch to rank 0's first word (imports, data, process group)
 
 
-def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, endpoint: str | None = None,
-                  run_id: str = "labkit") -> list[str]:
-    """torchrun's arguments: standalone on one machine (a free port), a c10d rendezvous across machines."""
+def torchrun_args(nproc: int, nnodes: int = 1, node_rank: int = 0, endpoint: str | None = None) -> list[str]:
+    """torchrun's arguments: standalone on one machine (a free port); across machines, the static rendezvous
+    at machine 0's `endpoint`, which keeps each machine's rank (global rank 0, the one that records, is on
+    machine 0; c10d's rendezvous would ignore --node-rank)."""
     args = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nnodes == 1:
         args.append("--standalone")
     else:
-        args += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
-                 f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}"]
+        host, port = endpoint.rsplit(":", 1)
+        args += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}"]
     return args + ["-m", "labkit.dist.worker"]
 
 
@@ -57,9 +58,9 @@ def launch_commands(config: RunConfig, nnodes: int, endpoint: str | None, store:
     hosts the rendezvous at `endpoint` (host:port, reachable from the others) and its rank 0 records to
     `store`. Every machine needs labkit, the same Python environment and the data; the run is not watched
     from a kernel (rank 0 shows a progress bar)."""
-    if nnodes > 1 and not endpoint:
+    if nnodes > 1 and not (endpoint and ":" in endpoint and endpoint.rsplit(":", 1)[1].isdigit()):
         raise ValueError(f"nnodes={nnodes}: give --rdzv-endpoint HOST:PORT, an address of machine 0 that the "
-                         "others can reach (a free port, e.g. 29500).")
+                         f"others can reach and a free port (e.g. host0:29500), not {endpoint!r}.")
     world = config.nproc * nnodes
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} does not split across {nnodes} machines x nproc="
@@ -69,12 +70,11 @@ def launch_commands(config: RunConfig, nnodes: int, endpoint: str | None, store:
     if config.device == "cpu":  # the machines are not this one: nothing here is resolved (a GPU may be absent)
         env["OMP_NUM_THREADS"] = str(max(1, devices.cpu_cores() // config.nproc))
         note = f" (OMP_NUM_THREADS: this machine's {devices.cpu_cores()} cores / nproc; set each machine's)"
-    run_id = f"labkit-{secrets.token_hex(4)}"
     lines = []
     for node in range(nnodes):
         words = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
         words += ["python" if a == sys.executable else shlex.quote(a)
-                  for a in torchrun_args(config.nproc, nnodes, node, endpoint, run_id)]
+                  for a in torchrun_args(config.nproc, nnodes, node, endpoint)]
         lines.append(f"# machine {node} of {nnodes}{note}\n" + " ".join(words))
     return lines
 
@@ -94,6 +94,9 @@ class Launcher:
     def __init__(self, config: RunConfig, listeners: Iterable[Listener] = (), controls: Controls | None = None):
         self.config = config.validate()
         self.device = devices.resolve_device(config.device)
+        if self.device.type == "mps":
+            raise ValueError(f"nproc={config.nproc} on an Apple GPU (device={config.device!r} resolves to mps): "
+                             "PyTorch has no distributed backend for MPS; use device='cpu' or nproc=1.")
         self.controls = controls if controls is not None else Controls()
         listeners = list(listeners)
         self.recorders = [x for x in listeners if isinstance(x, Recorder)][:1]  # recorded by rank 0
@@ -102,6 +105,7 @@ class Launcher:
         self.step, self.rejected, self.history_rows, self.epochs_rows = 0, [], [], []
         self.meter = _Segments()
         self.run_id: int | None = None
+        self.started = False  # rank 0's RunStarted has come (the listeners have heard it)
         self.log_path: str | None = None
         self.ended: dict[int, dict] = {}  # rank -> how it ended (status, error, time)
         self.not_started: str | None = None  # why the launcher gave up before rank 0 spoke
@@ -156,6 +160,7 @@ class Launcher:
         """Relay events and requests until every rank has reported and the processes have ended (or a
         deadline passed: _end_group then ends them); the calling thread's listeners run here."""
         selector, sent, ended_at = self._selector, self._sent, None
+        self._last_heard = time.monotonic()
         while True:
             self._forward(sent)
             for key, _ in selector.select(timeout=0.05):
@@ -171,8 +176,8 @@ class Launcher:
             if finished and len(selector.get_map()) <= 1:  # every rank's channel is closed too
                 return
             if self._result is not None or sent["stop"] or finished:
-                ended_at = ended_at or now
-                if now - ended_at > STOP_GRACE_S:
+                ended_at = ended_at or now  # ending: they get STOP_GRACE_S from then and from their last word
+                if now - max(ended_at, self._last_heard) > STOP_GRACE_S:
                     return
             if self._rank0 is None and (self.controls.stop_requested or now - self.t0 > START_TIMEOUT_S):
                 self.not_started = "stopped before it started" if self.controls.stop_requested else (
@@ -207,7 +212,11 @@ class Launcher:
         reader: _Reader = key.data
         lines = reader.read()
         for line in lines:
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:  # a rank cut off mid-line
+                return False
+            self._last_heard = time.monotonic()
             if "hello" in message:
                 if message["hello"] != self._token:
                     return False
@@ -231,6 +240,7 @@ class Launcher:
             self.meter.update(message["segment"])
         kind = event.kind
         if kind == "run_started":
+            self.started = True
             self.run_id = message.get("run_id")
             for recorder in self.recorders:
                 recorder.run_id = self.run_id
@@ -258,14 +268,14 @@ class Launcher:
             result = RunResult(status="failed" if cause or not self.controls.stop_requested else "stopped",
                                config=self.config, device=str(self.device), error=cause or self.controls.stop_reason,
                                time_s=time.monotonic() - self.t0, steps=self.step, run_id=self.run_id)
-            if self.run_id is None:  # it never started: the listeners (and the store) hear of it all the same
+            if not self.started:  # it never started: the listeners (and the store) hear of it all the same
                 self._emit(RunStarted(self.config.to_dict(), {"device": str(self.device)}, 0))
                 self._record_unstarted(result)
         elif cause and (result.status != "failed" or result.error != cause):
             result.status, result.error = "failed", cause
         if self.run_id is not None and self.recorders:
             self.recorders[0].store.correct_end(self.run_id, result.status, result.error)
-        if result.status == "completed" and self.log_path:
+        if result.status != "failed" and self.log_path:  # kept (and named in the error) only for a failure
             os.unlink(self.log_path)
             self.log_path = None
         self._emit(RunEnded(result))
@@ -280,6 +290,8 @@ class Launcher:
             return failed[0]["error"]  # every rank saw it (a NaN in the global loss, a bad setting)
         if own:
             return f"rank {own[0]['rank']} failed: {own[0]['error']}"
+        if self.controls.stop_requested:  # asked to stop, and no rank failed on its own: a stop, however it ended
+            return None
         if self.not_started and not self.controls.stop_requested:
             return f"{self.not_started}; the processes' output is in {self.log_path}."
         silent = [r for r in range(self.config.nproc) if r not in self.ended]
@@ -319,7 +331,10 @@ class _Reader:
         self.connection, self.buffer, self.rank, self.closed = connection, b"", None, False
 
     def read(self) -> list[str]:
-        data = self.connection.recv(1 << 20)
+        try:
+            data = self.connection.recv(1 << 20)
+        except OSError:  # reset by a rank that died: its end is judged from the reports and torchrun
+            data = b""
         if not data:
             self.closed = True
         self.buffer += data

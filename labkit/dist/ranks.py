@@ -41,7 +41,7 @@ class Ranks:
             return losses
         mine = torch.tensor([*losses, data_s, compute_s, -1.0 if allreduce_s is None else allreduce_s],
                             dtype=torch.float64)
-        mine = mine.cuda() if dist.get_backend() == "nccl" else mine
+        mine = mine.cuda() if dist.get_backend() == "nccl" else mine  # the rank's GPU: the worker set it current
         every = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(every, mine)
         rows = torch.stack(every).cpu()

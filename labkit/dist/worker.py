@@ -153,7 +153,7 @@ def main() -> int:
     channel = None
     if os.environ.get("LABKIT_CHANNEL"):
         channel = Channel(os.environ["LABKIT_CHANNEL"], os.environ.get("LABKIT_CHANNEL_TOKEN", ""), rank)
-    status, error, weights = "failed", None, None
+    status, error, weights, together = "failed", None, None, False
     try:
         config = RunConfig.from_dict(json.loads(os.environ["LABKIT_RUN_CONFIG"]))
         if config.batch_size % world:
@@ -183,6 +183,7 @@ def main() -> int:
         with stop_on_signals():  # torchrun's SIGTERM (another rank failed) ends this one as stopped
             result = trainer.run()
         status, error = result.status, result.error
+        together = status != "failed"  # completed, or a stop every rank agreed on: all ranks are here
         # The weights' sum: equal on every rank unless a rank took a different step (the tests compare them).
         weights = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
     except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then the process fails
@@ -191,7 +192,7 @@ def main() -> int:
     if channel is not None:
         channel.send({"ended": {"rank": rank, "status": status, "error": error, "time": time.time(),
                                 "weights_sum": weights}})
-    if status == "completed" and dist.is_initialized():
+    if together and dist.is_initialized():
         dist.destroy_process_group()
     return 0 if status != "failed" else 1
 

@@ -374,7 +374,8 @@ class Lab:
             model.append(f"fwd {_si(flops)}FLOPs/img" + (f" (dense {_si(dense).strip()})" if dense and dense != flops
                                                            else ""))
         # MFU only where the device's peak FLOP/s is known (a GPU in devices' table): none at all on a CPU.
-        utilisation = ended.mfu if ended is not None else mfu(flops, throughput, self.device, run.knobs.amp)
+        utilisation = ended.mfu if ended is not None else mfu(  # per device: the throughput is nproc devices'
+            flops, throughput and throughput / run.config.nproc, self.device, run.knobs.amp)
         if utilisation is not None:
             model.append(f"MFU {utilisation:.1%}")
         if memory:

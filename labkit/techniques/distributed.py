@@ -27,10 +27,16 @@ torch = lazy_import("torch")
 PARAMETER_KNOBS = ("prune", "channels_last")
 
 
-def wrap(model, nproc: int):
-    """The model that trains: itself in one process, else wrapped in DistributedDataParallel (the process
-    group is already initialised by labkit.dist.worker)."""
-    if nproc == 1 or not torch.distributed.is_initialized():
+def world_size() -> int:
+    """Processes in this run's process group (labkit.dist.worker initialises it); 1 without one. With several
+    machines it can exceed nproc, which counts one machine's (nproc=1 on each of 2 machines is 2)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def wrap(model):
+    """The model that trains: itself in one process, else wrapped in DistributedDataParallel."""
+    if world_size() == 1:
         return model
     device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -55,10 +61,11 @@ def allreduce_s_per_step(model) -> float | None:
     ddp = ddp_of(model)
     if ddp is None:
         return None
-    try:  # a private but stable accessor (DDP's usage logging); absent in some builds
-        return ddp._get_ddp_logging_data().get("avg_backward_comm_time", 0) / 1e9
+    try:  # a private but stable accessor (DDP's usage logging: it samples steps 1-10, then every 100th)
+        ns = ddp._get_ddp_logging_data().get("avg_backward_comm_time")
     except (AttributeError, RuntimeError):
         return None
+    return ns / 1e9 if ns else None  # nothing sampled yet
 
 
 def _check(config) -> str | None:
@@ -78,7 +85,7 @@ def _check(config) -> str | None:
 
 
 def _check_change(old, new) -> str | None:
-    if old.nproc == 1:
+    if old.nproc == 1 and world_size() == 1:
         return None
     changed = [n for n in PARAMETER_KNOBS if getattr(old, n) != getattr(new, n)]
     if changed:
@@ -99,7 +106,7 @@ TECHNIQUE = Technique(
     knobs=(Knob("nproc", 1, "processes training together (DistributedDataParallel, launched with torchrun); "
                 "batch_size is the global batch, split across them", integer(1, 1024),
                 control=Control("int"), column=True),),
-    wrap=lambda model, knobs: wrap(model, knobs.nproc),
+    wrap=lambda model, knobs: wrap(model),
     check=_check,
     check_change=_check_change,
 )
