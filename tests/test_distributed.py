@@ -65,7 +65,8 @@ def test_two_processes_from_the_cli_take_the_steps_of_one_and_are_stored_once(tm
     assert len(two) == len(one.history) == 1024 // 128
     # The global batch's loss, step by step: the same up to float summation order.
     assert two["loss"].tolist() == pytest.approx(one.history["loss"].tolist(), rel=1e-5)
-    assert runs.iloc[0]["accuracy"] == one.accuracy  # sharded evaluation adds up to the whole test set
+    # Sharded evaluation adds up to the whole test set; weights equal to rounding may flip one borderline image.
+    assert abs(runs.iloc[0]["accuracy"] - one.accuracy) <= 1 / 256
     summary = json.loads(Store(db)._query("SELECT summary FROM runs")[0][0])
     assert [r["rank"] for r in summary["ranks"]] == [0, 1] and all(r["compute_s"] > 0 for r in summary["ranks"])
 
