@@ -45,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_p = sub.add_parser("run", help="train one configuration and record it",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_config_flags(run_p)
-    run_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
-    run_p.add_argument("--no-store", action="store_true", help="do not record the run")
-    run_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_store_flags(run_p)
     dist_p = run_p.add_argument_group("several machines (with --nproc: processes per machine)")
     dist_p.add_argument("--nnodes", type=int, default=1, help="machines taking part")
     dist_p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
@@ -88,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store(args: argparse.Namespace):
+    """What --db and --no-store ask for: a store path, None for the default, False for none."""
+    return False if args.no_store else args.db
+
+
 def _add_store_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
     parser.add_argument("--no-store", action="store_true", help="do not record it")
@@ -125,7 +128,7 @@ def _cmd_find_lr(args: argparse.Namespace) -> int:
     from .finders import find_lr
 
     finding = find_lr(_config(args), start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
-                      store=False if args.no_store else args.db, progress=not args.quiet)
+                      store=_store(args), progress=not args.quiet)
     print(finding)
     _write_plot(finding, args.plot)
     return 0
@@ -135,7 +138,7 @@ def _cmd_find_batch_size(args: argparse.Namespace) -> int:
     from .finders import find_batch_size
 
     finding = find_batch_size(_config(args), max_batch_size=args.max_batch_size, margin=args.margin,
-                              time_limit_s=args.time_limit, store=False if args.no_store else args.db,
+                              time_limit_s=args.time_limit, store=_store(args),
                               progress=not args.quiet)
     print(finding)
     _write_plot(finding, args.plot)
@@ -162,8 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.nnodes > 1:
         raise ValueError(f"--nnodes {args.nnodes}: each machine starts its own processes; add --print-launch "
                          "and run the printed command on each machine.")
-    store = False if args.no_store else args.db
-    result = run(config, store=store, progress=not args.quiet)
+    result = run(config, store=_store(args), progress=not args.quiet)
     print(result.summary())
     return 0 if result.status == "completed" else EXIT_FAILED
 

@@ -1,6 +1,7 @@
 """Which device trains, what it can do, and how its memory and time are read."""
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import resource
@@ -140,6 +141,13 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if not modes[amp].available:
         raise ValueError(f"amp={amp!r} cannot run on {device}: {modes[amp].note}; use amp='auto', 'fp16' or 'off'.")
     return amp
+
+
+def release_cached(device: torch.device) -> None:
+    """Free what dropped tensors still hold: Python's cycles, then the CUDA caching allocator's blocks."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def synchronize(device: torch.device) -> None:

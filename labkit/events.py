@@ -87,7 +87,7 @@ Listener = Callable[[Event], None]
 
 def to_message(event: Event) -> dict[str, Any]:
     """An event as plain values (JSON), for a distributed run's rank 0 to send to the kernel."""
-    values = {k: v for k, v in vars(event).items()}
+    values = dict(vars(event))
     if event.kind == "run_ended":
         values["result"] = event.result.to_record()
     return values

@@ -44,6 +44,7 @@ def restored(trainer: Trainer):
     optimizer = copy.deepcopy(trainer.optimizer.state_dict())
     scaler = copy.deepcopy(trainer.scaler.state_dict())
     gen, rng = trainer.gen.get_state(), torch.get_rng_state()
+    optimizer_steps = trainer.optimizer_steps  # its step hook counts the finder's steps too
     cuda_rng = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None
     try:
         yield
@@ -54,12 +55,11 @@ def restored(trainer: Trainer):
         trainer.optimizer.load_state_dict(optimizer)
         trainer.scaler.load_state_dict(scaler)
         trainer.gen.set_state(gen)
+        trainer.optimizer_steps = optimizer_steps
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, trainer.device)
-        gc.collect()
-        if trainer.device.type == "cuda":
-            torch.cuda.empty_cache()
+        devices.release_cached(trainer.device)  # a failed (out-of-memory) step's tensors too
 
 
 def _steps_of(trainer: Trainer, batch_size: int) -> Iterator[list]:
@@ -87,11 +87,9 @@ def record(trainer: Trainer, store, finding, info: dict | None = None):
 
 
 def _bar(progress: bool, total: int, desc: str, unit: str):
-    if not progress:
-        return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress)
 
 
 def _standalone(config: RunConfig | dict | None, overrides: dict) -> Trainer:
@@ -228,9 +226,8 @@ def lr_range_test(trainer: Trainer, start_lr: float = 1e-5, end_lr: float = 10.0
             rows.append({"lr": lr, "loss": loss, "smoothed": smoothed})
             if on_point is not None:
                 on_point(rows[-1])
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(lr=f"{lr:.2g}", loss=f"{smoothed:.3f}", refresh=False)
+            bar.update(1)
+            bar.set_postfix(lr=f"{lr:.2g}", loss=f"{smoothed:.3f}", refresh=False)
             best, first = min(best, smoothed), rows[0]["smoothed"]
             if i > 0 and smoothed > diverge * best:
                 stopped = f"stopped at lr={lr:.3g}: the smoothed loss passed {diverge:g}x its best ({best:.3f})"
@@ -241,8 +238,7 @@ def lr_range_test(trainer: Trainer, start_lr: float = 1e-5, end_lr: float = 10.0
                 stopped = (f"stopped at lr={lr:.3g}: the smoothed loss climbed back above its start ({first:.3f}) "
                            f"after falling to {best:.3f}")
                 break
-    if bar is not None:
-        bar.close()
+    bar.close()
     curve = pd.DataFrame(rows, columns=["lr", "loss", "smoothed"])
     found = suggest(curve["lr"].tolist(), curve["smoothed"].tolist()) if len(curve) >= 3 else []
     return LRFinding(curve, found, stopped)
@@ -363,7 +359,10 @@ def memory_cap(device: torch.device, cap_bytes: int | None):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _time_batch_size(trainer: Trainer, size: int, min_steps: int, min_time_s: float) -> tuple[float, int]:
+MIN_TIMED_STEPS, MIN_TIMED_S = 3, 0.3  # each size: at least this many timed steps and seconds (at most 50 steps)
+
+
+def _time_batch_size(trainer: Trainer, size: int) -> tuple[float, int]:
     """Images/s at `size` (two untimed steps first: allocation, kernel choice) and the peak memory."""
     device = trainer.device
     steps = _steps_of(trainer, size)
@@ -373,10 +372,10 @@ def _time_batch_size(trainer: Trainer, size: int, min_steps: int, min_time_s: fl
         _take_step(trainer, next(steps))
     devices.synchronize(device)
     start, done = time.perf_counter(), 0
-    while done < min_steps or (time.perf_counter() - start < min_time_s and done < 50):
+    while done < MIN_TIMED_STEPS or (time.perf_counter() - start < MIN_TIMED_S and done < 50):
         _take_step(trainer, next(steps))
         done += 1
-        if done >= min_steps:
+        if done >= MIN_TIMED_STEPS:
             devices.synchronize(device)
     seconds = time.perf_counter() - start
     return done * size * trainer.knobs.grad_accum / seconds, devices.peak_memory_bytes(device)
@@ -384,7 +383,7 @@ def _time_batch_size(trainer: Trainer, size: int, min_steps: int, min_time_s: fl
 
 def batch_size_search(trainer: Trainer, sizes: list[int] | None = None, max_batch_size: int = 4096,
                       margin: float = 0.2, tolerance: float = 0.05, time_limit_s: float = 60.0,
-                      min_steps: int = 3, min_time_s: float = 0.3, cap_bytes: int | None = None,
+                      cap_bytes: int | None = None,
                       progress: bool = False, on_point: Callable[[dict], None] | None = None) -> BatchSizeFinding:
     """Time batch sizes on a set-up trainer (restored afterwards): powers of two from 8 up to `max_batch_size`
     and the training set's size, until one runs out of memory or the next would overrun `time_limit_s`.
@@ -411,28 +410,21 @@ def batch_size_search(trainer: Trainer, sizes: list[int] | None = None, max_batc
             row = {"batch_size": size, "throughput": float("nan"), "peak_memory_bytes": None, "fits": False,
                    "note": "out of memory"}
             try:
-                throughput, peak = _time_batch_size(trainer, size, min_steps, min_time_s)
+                throughput, peak = _time_batch_size(trainer, size)
                 row.update(throughput=throughput, peak_memory_bytes=peak, fits=True,
                            note="" if peak <= budget else "over the memory budget")
             except Exception as exc:  # noqa: BLE001 - an OOM ends the search; anything else is raised again
                 if not is_out_of_memory(exc):
                     raise
             row["seconds"] = time.perf_counter() - t0
-            if not row["fits"]:  # release the failed step's tensors (its traceback is gone by now)
-                trainer.optimizer.zero_grad(set_to_none=True)
-                gc.collect()
-                if trainer.device.type == "cuda":
-                    torch.cuda.empty_cache()
             rows.append(row)
             if on_point is not None:
                 on_point(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(batch=size, refresh=False)
-            if not row["fits"]:
+            bar.update(1)
+            bar.set_postfix(batch=size, refresh=False)
+            if not row["fits"]:  # out of memory: restored() releases the failed step's tensors
                 break
-    if bar is not None:
-        bar.close()
+    bar.close()
     table = pd.DataFrame(rows, columns=["batch_size", "throughput", "peak_memory_bytes", "seconds", "fits", "note"])
     return _recommend(table, budget, margin, tolerance, notes)
 

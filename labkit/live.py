@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Iterable
 
 import pandas as pd
@@ -146,32 +147,34 @@ class LiveRun:
         the run's store as a "find_lr" run linked to this one."""
         from . import finders
 
-        return self._task(lambda trainer: finders.record(
-            trainer, self._store, finders.lr_range_test(trainer, **options), {"during_run": self.run_id}), wait)
+        return self._find(finders.lr_range_test, wait, options)
 
     def find_batch_size(self, wait: bool = True, **options: Any):
         """Time batch sizes on this run's model, now (labkit.finders.batch_size_search's `options`), as
         `find_lr` does; the run goes on with its own batch size (set it from the recommendation if you like)."""
         from . import finders
 
-        return self._task(lambda trainer: finders.record(
-            trainer, self._store, finders.batch_size_search(trainer, **options), {"during_run": self.run_id}), wait)
+        return self._find(finders.batch_size_search, wait, options)
 
-    def _task(self, task, wait: bool):
+    def _find(self, search, wait: bool, options: dict[str, Any]):
+        """Run a finder's `search(trainer, **options)` in the training thread and record it, linked to this run."""
+        from . import finders
+
         if self.config.nproc > 1:
             raise RuntimeError(f"the finders measure one process; this run has nproc={self.config.nproc}: run "
                                "labkit.find_lr(config) / labkit.find_batch_size(config) with nproc=1 first.")
         if not self.running:
             raise RuntimeError(f"this run is {self.status}: a finder inside a run needs it training; "
                                "use labkit.find_lr(config) / labkit.find_batch_size(config) before a run.")
-        future = self.controls.submit(task)
+        future = self.controls.submit(lambda trainer: finders.record(
+            trainer, self._store, search(trainer, **options), {"during_run": self.run_id}))
         if not wait:
             return future
         with stop_on_signals():  # short waits, so an interrupt reaches the kernel
             while True:
                 try:
                     return future.result(timeout=0.1)
-                except TimeoutError:
+                except FutureTimeout:  # not the builtin TimeoutError before Python 3.11
                     continue
 
     def pause(self) -> None:

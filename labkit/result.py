@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 
 from .config import RunConfig
+from .measure import data_share
 
 SUMMARY_FIELDS = ("status", "throughput", "accuracy", "train_accuracy", "time_s", "peak_memory_bytes",
                   "flops_per_image", "dense_flops_per_image", "params", "dense_params", "sparsity", "mfu",
-                  "steps", "micro_steps", "compile_s", "launch_s", "loss_scale", "skipped_steps", "data_time_s", "compute_time_s",
-                  "data_share", "input_verdict", "device", "precision",
-                  "precision_native", "error")
+                  "steps", "micro_steps", "compile_s", "launch_s", "loss_scale", "skipped_steps", "data_time_s",
+                  "compute_time_s", "data_share", "input_verdict", "device", "precision", "precision_native", "error")
 
 
 @dataclass
@@ -44,7 +44,6 @@ class RunResult:
     skipped_steps: int = 0
     data_time_s: float = 0.0  # timed steps: getting each batch (waiting for a DataLoader, indexing, augmenting)
     compute_time_s: float = 0.0  # timed steps: forward, backward and the update
-    data_share: float | None = None  # data_time_s over both: how much the steps wait for data
     input_verdict: str = ""  # what data_share means and what to try (labkit.measure.input_verdict)
     device: str = ""
     precision: str = "fp32"  # what the run computed in at its end: fp32, bf16 or fp16 (amp="auto" resolved)
@@ -58,6 +57,11 @@ class RunResult:
     # A distributed run: one row per rank (data and compute seconds over the timed steps, as data_time_s and
     # compute_time_s, and DDP's measured all-reduce seconds per step, which overlap backward); empty otherwise.
     ranks: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def data_share(self) -> float | None:
+        """data_time_s over data and compute: how much of the timed steps waited for data (None if untimed)."""
+        return data_share(self.data_time_s, self.compute_time_s)
 
     def to_dict(self) -> dict[str, Any]:
         """Summary figures and the configuration as plain values (no histories)."""
@@ -82,9 +86,8 @@ class RunResult:
     def from_record(cls, record: dict[str, Any]) -> "RunResult":
         values = dict(record)
         values["config"] = RunConfig.from_dict(values["config"])
-        for f in dataclasses.fields(cls):
-            if f.name in ("history", "epochs", "segments", "ranks"):
-                values[f.name] = pd.DataFrame(values.get(f.name) or [])
+        for name in ("history", "epochs", "segments", "ranks"):
+            values[name] = pd.DataFrame(values.get(name) or [])
         return cls(**values)
 
     def summary(self) -> str:

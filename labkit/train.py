@@ -17,7 +17,6 @@ Inside an interval, markers on the device's timeline (CUDA events on a GPU) spli
 """
 from __future__ import annotations
 
-import gc
 import math
 import threading
 import time
@@ -59,8 +58,7 @@ class Controls:
         self._applying = False  # taken by the loop, not yet applied (or dropped)
         self._stop = threading.Event()
         self.stop_reason: str | None = None
-        self._resumed = threading.Event()
-        self._resumed.set()
+        self._paused = False
 
     def request(self, **changes: Any) -> None:
         with self._lock:
@@ -90,17 +88,10 @@ class Controls:
         self._work.set()
         return future
 
-    def run_tasks(self, trainer: "Trainer") -> bool:
-        """Run the submitted tasks (in the training thread); True if there were any."""
-        with self._lock:
-            tasks, self._tasks = self._tasks, []
-        for task, future in tasks:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(task(trainer))
-                except BaseException as exc:  # noqa: BLE001 - the caller gets it from the Future
-                    future.set_exception(exc)
-        return bool(tasks)
+    def run_tasks(self, trainer: "Trainer") -> None:
+        """Run the submitted tasks (in the training thread)."""
+        for task, future in self._take_tasks():
+            settle(future, lambda: task(trainer))
 
     def has_tasks(self) -> bool:
         with self._lock:
@@ -108,11 +99,14 @@ class Controls:
 
     def cancel_tasks(self, reason: str) -> None:
         """The run has ended: tasks never run fail with `reason`."""
-        with self._lock:
-            tasks, self._tasks = self._tasks, []
-        for _, future in tasks:
+        for _, future in self._take_tasks():
             if future.set_running_or_notify_cancel():
                 future.set_exception(RuntimeError(reason))
+
+    def _take_tasks(self) -> list[tuple[Callable, Future]]:
+        with self._lock:
+            tasks, self._tasks = self._tasks, []
+        return tasks
 
     def sync(self) -> None:
         """At each step boundary, before the requests are read. A distributed run's ranks agree here on what
@@ -123,19 +117,19 @@ class Controls:
         if self.stop_reason is None:  # the first reason given is the one recorded
             self.stop_reason = reason
         self._stop.set()
-        self._resumed.set()  # a paused run must wake up to stop
+        self._paused = False  # a paused run wakes up (the event below) and stops
         self._work.set()
 
     def pause(self) -> None:
-        self._resumed.clear()
+        self._paused = True
 
     def resume(self) -> None:
-        self._resumed.set()
+        self._paused = False
         self._work.set()
 
     @property
     def paused(self) -> bool:
-        return not self._resumed.is_set()
+        return self._paused
 
     @property
     def stop_requested(self) -> bool:
@@ -145,6 +139,15 @@ class Controls:
         """Block a paused loop until it is resumed, stopped or given a task."""
         self._work.wait()
         self._work.clear()
+
+
+def settle(future: Future, call: Callable[[], Any]) -> None:
+    """Run `call` for `future` (unless it was cancelled): its result or its exception goes to the future."""
+    if future.set_running_or_notify_cancel():
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it from the Future
+            future.set_exception(exc)
 
 
 class _Clock:
@@ -216,7 +219,7 @@ class Trainer:
         if self.ranks.world > 1:
             self.info["processes"] = self.ranks.world  # on every machine: nproc counts one machine's
         self.total_steps, self.model, self.optimizer, self.scaler, self.compile_s = 0, None, None, None, None
-        self.train_batches = self.test_batches = None  # the data pipelines, made by setup()
+        self.train_batches = self.test_batches = self.ddp = None  # made by setup()
         self.flops_per_image = self.dense_flops = self.dense_params = None
 
     # ---- the run -------------------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ class Trainer:
         device: reading it would synchronise). The finders (labkit.finders) take their steps through here too."""
         step_loss = 0.0
         for i, (x, y) in enumerate(batches):
-            with distributed.gradient_sync(self.train_model, last_micro_batch=i == len(batches) - 1):
+            with distributed.gradient_sync(self.ddp, last_micro_batch=i == len(batches) - 1):
                 with precision.autocast_context(self.device, self.knobs.amp):
                     loss = self.loss_fn(self.train_model(x), y) / len(batches)  # the mean over the effective batch
                 self.scaler.scale(loss).backward()  # gradients add up over the micro-batches (and DDP's ranks)
@@ -404,7 +407,7 @@ class Trainer:
         data_s = sum(self.clock.seconds(a, b) for a, b, _ in self.marks)
         compute_s = sum(self.clock.seconds(b, c) for _, b, c in self.marks)
         # A distributed run logs the global batch's loss, and every rank's times are kept (one collective).
-        losses = self.ranks.log(losses, data_s, compute_s, distributed.allreduce_s_per_step(self.train_model),
+        losses = self.ranks.log(losses, data_s, compute_s, distributed.allreduce_s_per_step(self.ddp),
                                 timed=self.meter.timed())
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
@@ -459,9 +462,10 @@ class Trainer:
             cfg.seed + 7919 * self.ranks.rank)
         self.data = data_mod.load(cfg.dataset, cfg.train_size, cfg.test_size)
         self.data.mean, self.data.std = self.data.mean.to(self.device), self.data.std.to(self.device)
-        loading = data_loading.loader_options(cfg, self.device)
-        self.train_batches = data_mod.batches(self.data.train, cfg.loader, self.device, loading, self.ranks.share)
-        self.test_batches = data_mod.batches(self.data.test, cfg.loader, self.device, loading, self.ranks.share)
+        # One rule says which data streams (the input verdict reads it too).
+        loader, loading = data_loading.loader(cfg), data_loading.loader_options(cfg, self.device)
+        self.train_batches = data_mod.batches(self.data.train, loader, self.device, loading, self.ranks.share)
+        self.test_batches = data_mod.batches(self.data.test, loader, self.device, loading, self.ranks.share)
         step_images = cfg.batch_size * cfg.grad_accum
         if step_images > len(self.train_batches):
             raise ValueError(f"batch_size={cfg.batch_size} x grad_accum={cfg.grad_accum} is larger than the "
@@ -479,6 +483,7 @@ class Trainer:
         self.train_model = self.model
         for technique in AT["wrap"]:  # the model that trains: DDP-wrapped, compiled
             self.train_model = technique.wrap(self.train_model, k)
+        self.ddp = distributed.ddp_of(self.train_model)  # None in one process
         self.scaler = precision.make_scaler(self.device, k.amp)
         self._build_optimizer()
         steps_per_epoch = len(self.train_batches) // step_images
@@ -505,7 +510,7 @@ class Trainer:
         return models.flops_per_image(self.model, self.data.image_shape, self.device)
 
     def _peak_lr(self) -> float:
-        return self.knobs.lr if self.knobs.lr is not None else optimizers.default_lr(self.knobs.optimizer)
+        return optimizers.peak_lr(self.knobs)
 
     def _progress(self) -> float:
         by_images = self.images_seen / self.total_images
@@ -562,7 +567,7 @@ class Trainer:
             launch_s=self.info.get("launch_s"),
             loss_scale=precision.scale_of(self.scaler) if self.scaler is not None else None,
             skipped_steps=self.step - self.optimizer_steps,
-            data_time_s=totals["data_s"], compute_time_s=totals["compute_s"], data_share=share,
+            data_time_s=totals["data_s"], compute_time_s=totals["compute_s"],
             input_verdict=data_loading.verdict(share, self.config, self.device),
             history=pd.DataFrame(self.history_rows), epochs=pd.DataFrame(self.epochs_rows),
             segments=pd.DataFrame(self.meter.segments),
@@ -577,9 +582,7 @@ class Trainer:
                 pipeline.close()
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        devices.release_cached(self.device)
 
     def _emit(self, event) -> None:
         for listener in self.listeners:

@@ -19,7 +19,7 @@ from labkit.config import RunConfig
 from labkit.data import DeviceBatches, Split
 from labkit.dist.launch import Launcher, launch_commands
 from labkit.dist.ranks import Ranks
-from labkit.events import EpochEnded, RunEnded, SegmentStarted, from_message, to_message
+from labkit.events import EpochEnded, RunEnded, from_message, to_message
 from labkit.result import RunResult
 from labkit.store import Store
 from support import wait_until
@@ -83,7 +83,7 @@ def test_the_panel_starts_a_distributed_run_which_streams_takes_changes_on_every
     live.set(lr=0.02, batch_size=64)
     assert live.wait_measured(60)
     assert (live.knobs.lr, live.knobs.batch_size) == (0.02, 64)
-    assert not lab.set_control("prune", 0.3) or "cannot change on a distributed run" in lab.last_error
+    assert not lab.set_control("prune", 0.3) and "cannot change on a distributed run" in lab.last_error
     with pytest.raises(RuntimeError, match="the finders measure one process"):
         live.find_lr()
 

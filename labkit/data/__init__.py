@@ -202,6 +202,20 @@ def whole(n: int) -> slice:
     return slice(0, n)
 
 
+def _index_batches(order, batch_size: Callable[[], int], share: Callable[[int], slice]) -> Iterator:
+    """This process's share of each batch of `order` (a tensor or a list); the batch size is read before each
+    batch (it may change mid-epoch) and the last partial batch is dropped. Every process draws the same order."""
+    start, size = 0, batch_size()
+    while start + size <= len(order):
+        yield order[start:start + size][share(size)]
+        start, size = start + size, batch_size()
+
+
+def _eval_part(n: int, limit: int | None, share: Callable[[int], slice]) -> slice:
+    """This process's part of the first `limit` of n items (all n when limit is None)."""
+    return share(n if limit is None else min(limit, n))
+
+
 class DeviceBatches:
     """A split held on the device as uint8; batches are index operations. `share(n)`: which part of each batch
     (and of the evaluation pass) is this process's, in a distributed run."""
@@ -220,14 +234,11 @@ class DeviceBatches:
     def train_batches(self, batch_size: Callable[[], int], gen: torch.Generator) -> Iterator:
         """One epoch in a random order; the batch size is read before each batch (it may change mid-epoch)."""
         order = torch.randperm(len(self), device=self.images.device, generator=gen)
-        start, size = 0, batch_size()
-        while start + size <= len(self):  # the last partial batch is dropped
-            idx = order[start:start + size][self.share(size)]  # every process draws the same order
+        for idx in _index_batches(order, batch_size, self.share):
             yield self.images[idx], self.labels[idx]
-            start, size = start + size, batch_size()
 
     def eval_batches(self, limit: int | None = None) -> Iterator:
-        part = self.share(len(self) if limit is None else min(limit, len(self)))
+        part = _eval_part(len(self), limit, self.share)
         for start in range(part.start, part.stop, EVAL_BATCH):
             end = min(part.stop, start + EVAL_BATCH)
             yield self.images[start:end], self.labels[start:end]
@@ -240,11 +251,7 @@ class _ResizableBatches(torch.utils.data.Sampler):
         self.n, self.batch_size, self.gen, self.share = n, batch_size, gen, share
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.gen).tolist()
-        start, size = 0, self.batch_size()
-        while start + size <= self.n:
-            yield order[start:start + size][self.share(size)]
-            start, size = start + size, self.batch_size()
+        return _index_batches(torch.randperm(self.n, generator=self.gen).tolist(), self.batch_size, self.share)
 
 
 class LoaderBatches:
@@ -279,7 +286,7 @@ class LoaderBatches:
         return self._start(DataLoader(self.dataset, batch_sampler=sampler, **self.options))
 
     def eval_batches(self, limit: int | None = None) -> Iterator:
-        part = self.share(len(self) if limit is None else min(limit, len(self)))
+        part = _eval_part(len(self), limit, self.share)
         ds = self.dataset if part == slice(0, len(self)) else Subset(self.dataset, range(part.start, part.stop))
         options = {**self.options, "persistent_workers": False}  # evaluation's workers end with the pass
         return self._start(DataLoader(ds, batch_size=EVAL_BATCH, **options))

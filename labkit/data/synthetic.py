@@ -92,9 +92,12 @@ def train_and_test(train_seed: int = 1, test_seed: int = 2):
     return generate(TRAIN_SIZE, train_seed), generate(TEST_SIZE, test_seed)
 
 
+JPEG_QUALITY = 90
+
+
 def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000, image_size: int = 96,
-           format: str = "jpeg", quality: int = 90, progress: bool = True):
-    """Write the synthetic dataset as an image folder of encoded files: `path/train/<class>/*.jpg` and
+           progress: bool = True):
+    """Write the synthetic dataset as an image folder of JPEGs (quality 90): `path/train/<class>/*.jpg` and
     `path/test/<class>/*.jpg`, each image upscaled to `image_size` pixels (stored images are usually larger than
     the resolution a model trains at). Train on it with `dataset="imagefolder:<path>"`: every image is then read,
     decoded and resized to 32 px on the CPU, per image, as in a real input pipeline (lesson 09). Sizes cut the
@@ -111,10 +114,8 @@ def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000,
     from . import load
 
     path = Path(path)
-    if format not in ("jpeg", "png"):
-        raise ValueError(f"format={format!r}: use 'jpeg' (lossy, smaller, slower to decode) or 'png'.")
     manifest = {"generator_version": VERSION, "train_size": train_size, "test_size": test_size,
-                "image_size": image_size, "format": format, "quality": quality if format == "jpeg" else None}
+                "image_size": image_size, "format": "jpeg", "quality": JPEG_QUALITY}
     if path.exists():
         try:
             found = json.loads((path / "labkit-export.json").read_text())
@@ -127,7 +128,6 @@ def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000,
                          "another path (e.g. one named after the sizes).")
     data = load("synthetic", train_size, test_size)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # two first exports never share a folder
-    suffix = ".jpg" if format == "jpeg" else ".png"
     splits = (("train", data.train), ("test", data.test))
     bar = tqdm(total=sum(len(s) for _, s in splits), desc=f"writing {path.name}", unit="img", disable=not progress)
     for split_name, split in splits:
@@ -140,8 +140,8 @@ def export(path, train_size: int | None = 10_000, test_size: int | None = 2_000,
                                        align_corners=False).round().clamp(0, 255).to(torch.uint8)
             pixels = images.permute(0, 2, 3, 1).numpy()  # HWC, as image files hold them
             for i, (image, label) in enumerate(zip(pixels, split.labels[start:start + 512].tolist())):
-                target = partial / split_name / CLASSES[label] / f"{start + i:06d}{suffix}"
-                Image.fromarray(image).save(target, **({"quality": quality} if format == "jpeg" else {}))
+                target = partial / split_name / CLASSES[label] / f"{start + i:06d}.jpg"
+                Image.fromarray(image).save(target, quality=JPEG_QUALITY)
             bar.update(len(images))
     bar.close()
     (partial / "labkit-export.json").write_text(json.dumps(manifest, indent=1))

@@ -32,7 +32,8 @@ from .. import devices
 from ..config import RunConfig
 from ..events import Listener, RunEnded, RunStarted, from_message
 from ..result import RunResult
-from ..store import Recorder, Store
+from ..store import Recorder
+from ..techniques.distributed import unsplittable
 from ..train import Controls, check_change
 
 STOP_GRACE_S = 20.0  # after a stop (or the run's end), how long the processes get to finish before SIGTERM
@@ -62,13 +63,13 @@ def launch_commands(config: RunConfig, nnodes: int, endpoint: str | None, store:
         raise ValueError(f"nnodes={nnodes}: give --rdzv-endpoint HOST:PORT, an address of machine 0 that the "
                          f"others can reach and a free port (e.g. host0:29500), not {endpoint!r}.")
     world = config.nproc * nnodes
-    if config.batch_size % world:
-        raise ValueError(f"batch_size={config.batch_size} does not split across {nnodes} machines x nproc="
-                         f"{config.nproc} = {world} processes: use a multiple of {world}.")
+    split = unsplittable(config.batch_size, world, f"{nnodes} machines x nproc={config.nproc} = {world} processes")
+    if split:
+        raise ValueError(split)
     env = {"LABKIT_RUN_CONFIG": json.dumps(config.changed()), "LABKIT_RUN_STORE": str(store or "")}
     note = ""
     if config.device == "cpu":  # the machines are not this one: nothing here is resolved (a GPU may be absent)
-        env["OMP_NUM_THREADS"] = str(max(1, devices.cpu_cores() // config.nproc))
+        env["OMP_NUM_THREADS"] = _threads_per_process(config.nproc)
         note = f" (OMP_NUM_THREADS: this machine's {devices.cpu_cores()} cores / nproc; set each machine's)"
     lines = []
     for node in range(nnodes):
@@ -102,7 +103,7 @@ class Launcher:
         self.recorders = [x for x in listeners if isinstance(x, Recorder)][:1]  # recorded by rank 0
         self.listeners = [x for x in listeners if not isinstance(x, Recorder)]
         self.knobs = config.replace(amp=devices.resolve_amp(config.amp, self.device))
-        self.step, self.rejected, self.history_rows, self.epochs_rows = 0, [], [], []
+        self.rejected, self.history_rows, self.epochs_rows = [], [], []
         self.meter = _Segments()
         self.run_id: int | None = None
         self.started = False  # rank 0's RunStarted has come (the listeners have heard it)
@@ -110,6 +111,11 @@ class Launcher:
         self.ended: dict[int, dict] = {}  # rank -> how it ended (status, error, time)
         self.not_started: str | None = None  # why the launcher gave up before rank 0 spoke
         self._result: RunResult | None = None
+
+    @property
+    def step(self) -> int:
+        """The step of rank 0's last logged point."""
+        return self.history_rows[-1]["step"] if self.history_rows else 0
 
     def check_change(self, changes: dict[str, Any]) -> RunConfig:
         return check_change(self.knobs, changes, self.device)
@@ -152,8 +158,7 @@ class Launcher:
                "LABKIT_RUN_STORE": str(store), "LABKIT_CHANNEL": "127.0.0.1:%d" % server.getsockname()[1],
                "LABKIT_CHANNEL_TOKEN": token, "LABKIT_LAUNCHED_AT": repr(time.time()), "PYTHONUNBUFFERED": "1"}
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # one set by the user is kept
-            # The processes share this machine's cores: each gets its part (torchrun would give each one).
-            env["OMP_NUM_THREADS"] = str(max(1, devices.cpu_cores() // self.config.nproc))
+            env["OMP_NUM_THREADS"] = _threads_per_process(self.config.nproc)
         return env
 
     def _pump(self, process: subprocess.Popen, server: socket.socket, deadline: float | None = None) -> None:
@@ -245,7 +250,6 @@ class Launcher:
             for recorder in self.recorders:
                 recorder.run_id = self.run_id
         elif kind == "logged":
-            self.step = event.step
             self.history_rows.append({k: v for k, v in vars(event).items() if k != "kind"})
         elif kind == "segment_started":
             self.knobs = self.knobs.replace(**event.knobs)
@@ -264,21 +268,23 @@ class Launcher:
         """The run's result: rank 0's, unless a rank failed first; the store is corrected to say so."""
         cause = self._first_failure(returncode)
         result = self._result
+        # Rank 0 never started (or never recorded) the run: the recorders here record it, first, so the others
+        # hear of it with its run id.
+        hearing = self.listeners if self.started else [*self.recorders, *self.listeners]
         if result is None:
             result = RunResult(status="failed" if cause or not self.controls.stop_requested else "stopped",
                                config=self.config, device=str(self.device), error=cause or self.controls.stop_reason,
                                time_s=time.monotonic() - self.t0, steps=self.step, run_id=self.run_id)
-            if not self.started:  # it never started: the listeners (and the store) hear of it all the same
-                self._emit(RunStarted(self.config.to_dict(), {"device": str(self.device)}, 0))
-                self._record_unstarted(result)
+            if not self.started:
+                self._emit(RunStarted(self.config.to_dict(), {"device": str(self.device)}, 0), hearing)
         elif cause and (result.status != "failed" or result.error != cause):
             result.status, result.error = "failed", cause
-        if self.run_id is not None and self.recorders:
+        if self.started and self.recorders:
             self.recorders[0].store.correct_end(self.run_id, result.status, result.error)
         if result.status != "failed" and self.log_path:  # kept (and named in the error) only for a failure
             os.unlink(self.log_path)
             self.log_path = None
-        self._emit(RunEnded(result))
+        self._emit(RunEnded(result), hearing)
         return result
 
     def _first_failure(self, returncode: int | None) -> str | None:
@@ -292,7 +298,7 @@ class Launcher:
             return f"rank {own[0]['rank']} failed: {own[0]['error']}"
         if self.controls.stop_requested:  # asked to stop, and no rank failed on its own: a stop, however it ended
             return None
-        if self.not_started and not self.controls.stop_requested:
+        if self.not_started:
             return f"{self.not_started}; the processes' output is in {self.log_path}."
         silent = [r for r in range(self.config.nproc) if r not in self.ended]
         if silent and (failed or returncode not in (0, None)):  # killed without a word, its peers cut off
@@ -302,14 +308,8 @@ class Launcher:
             return f"rank {failed[0]['rank']} failed: {failed[0]['error']}"
         return None
 
-    def _record_unstarted(self, result: RunResult) -> None:
-        for recorder in self.recorders:
-            recorder(RunStarted(self.config.to_dict(), {"device": str(self.device)}, 0))
-            recorder(RunEnded(result))
-            self.run_id = result.run_id = recorder.run_id
-
-    def _emit(self, event) -> None:
-        for listener in self.listeners:
+    def _emit(self, event, listeners: list | None = None) -> None:
+        for listener in self.listeners if listeners is None else listeners:
             listener(event)
 
 
@@ -340,6 +340,11 @@ class _Reader:
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
         return [line.decode() for line in lines if line.strip()]
+
+
+def _threads_per_process(nproc: int) -> str:
+    """OMP_NUM_THREADS for nproc processes sharing this machine's cores (torchrun would give each one)."""
+    return str(max(1, devices.cpu_cores() // nproc))
 
 
 def _peer_went_away(error: str) -> bool:

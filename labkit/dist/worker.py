@@ -27,6 +27,7 @@ from ..events import to_message
 from ..lab.progress import ProgressBar
 from ..signals import stop_on_signals
 from ..store import Store
+from ..techniques.distributed import unsplittable
 from ..train import Controls, Trainer
 
 # A collective waits this long for a rank that neither answers nor dies (a dead one is noticed at once: gloo
@@ -81,9 +82,6 @@ class RankControls(Controls):
         super().applied()
         if self.on_applied is not None:
             self.on_applied()
-
-    def has_tasks(self) -> bool:
-        return False  # the finders run in one process (LiveRun refuses them on a distributed run)
 
     def _flag_result(self) -> bool:
         if self._flag is None:
@@ -156,9 +154,9 @@ def main() -> int:
     status, error, weights, together = "failed", None, None, False
     try:
         config = RunConfig.from_dict(json.loads(os.environ["LABKIT_RUN_CONFIG"]))
-        if config.batch_size % world:
-            raise ValueError(f"batch_size={config.batch_size} does not split across the {world} processes: "
-                             f"use a multiple of {world}.")
+        split = unsplittable(config.batch_size, world, f"the {world} processes")
+        if split:
+            raise ValueError(split)
         device = devices.resolve_device(config.device)
         if device.type == "cuda":
             if local_rank >= torch.cuda.device_count():

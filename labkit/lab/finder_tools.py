@@ -17,6 +17,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from .. import finders
+from ..train import settle
 
 _REDRAW_S = 0.25
 
@@ -40,7 +41,7 @@ class FinderTools:
         self.buttons = widgets.HBox([self.lr_button, self.batch_button])
         self.widget = widgets.VBox([self.message, self.choices, self.chart])
         self.future: Future | None = None
-        self.finding: Any = None
+        self._what = "lr"  # the finder measuring: "lr" or "batch"
         self._points: list[dict] = []
         self._last_draw = 0.0
 
@@ -62,7 +63,7 @@ class FinderTools:
         if self.busy:
             self.lab._show_error("a finder is already measuring: wait for it to finish.")
             return None
-        self._points, self.finding, self.choices.children = [], None, ()
+        self._points, self._what, self.choices.children = [], what, ()
         self._prepare_figure(what)
         options = {**options, "on_point": self._on_point}
         lab = self.lab
@@ -114,7 +115,7 @@ class FinderTools:
             return
         trace = self.figure.data[0]
         with self.figure.batch_update():
-            if "lr" in points[0]:
+            if self._what == "lr":
                 trace.x, trace.y = [p["lr"] for p in points], [p["smoothed"] for p in points]
             else:
                 fitted = [p for p in points if p["fits"]]
@@ -134,7 +135,7 @@ class FinderTools:
             self.message.value = ""
             self.lab._show_error(f"the finder failed: {exc}")
             return
-        self.finding = finding = future.result()
+        finding = future.result()
         if isinstance(finding, finders.LRFinding):
             full = finding.figure()  # raw and smoothed loss, every suggestion marked
             with self.figure.batch_update():
@@ -161,12 +162,5 @@ class FinderTools:
 def _in_thread(call) -> Future:
     """Run `call` in a daemon thread; its result or exception arrives in the Future."""
     future: Future = Future()
-
-    def target():
-        if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(call())
-            except BaseException as exc:  # noqa: BLE001 - shown by the panel
-                future.set_exception(exc)
-    threading.Thread(target=target, name="labkit-finder", daemon=True).start()
+    threading.Thread(target=settle, args=(future, call), name="labkit-finder", daemon=True).start()
     return future

@@ -24,6 +24,11 @@ def streams(config) -> bool:
     return config.loader == "dataloader" or (config.loader == "auto" and config.dataset.startswith("imagefolder:"))
 
 
+def loader(config) -> str:
+    """The pipeline that trains: "dataloader" or "device" (loader "auto" resolved by `streams`)."""
+    return "dataloader" if streams(config) else "device"
+
+
 def _check(config) -> str | None:
     if config.num_workers > 0 and not streams(config):
         return (f"num_workers={config.num_workers} has no effect: dataset={config.dataset!r} with "

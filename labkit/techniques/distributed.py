@@ -42,23 +42,29 @@ def wrap(model):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def unsplittable(batch_size: int, processes: int, across: str) -> str | None:
+    """Why `batch_size` cannot be the global batch of `processes` (named by `across`), or None."""
+    if batch_size % processes == 0:
+        return None
+    return (f"batch_size={batch_size} does not split across {across}: use a multiple of {processes} (e.g. "
+            f"{max(processes, batch_size // processes * processes)}); batch_size is the global batch, split equally.")
+
+
 def ddp_of(model):
     """The DistributedDataParallel module inside the model that trains (compiled or not), else None."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper keeps the module it compiled
     return model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
 
 
-def gradient_sync(model, last_micro_batch: bool):
+def gradient_sync(ddp, last_micro_batch: bool):
     """With gradient accumulation, all-reduce only on the last micro-batch: the others add up locally
-    (DDP's no_sync). Without DDP: nothing to do."""
-    ddp = ddp_of(model)
+    (DDP's no_sync). Without DDP (`ddp` None): nothing to do."""
     return ddp.no_sync() if ddp is not None and not last_micro_batch else contextlib.nullcontext()
 
 
-def allreduce_s_per_step(model) -> float | None:
+def allreduce_s_per_step(ddp) -> float | None:
     """DDP's own measurement of the gradient all-reduce, seconds per step (averaged over the steps it
     samples; it overlaps backward, so it is not all added to the step); None without DDP."""
-    ddp = ddp_of(model)
     if ddp is None:
         return None
     try:  # a private but stable accessor (DDP's usage logging: it samples steps 1-10, then every 100th)
@@ -72,9 +78,9 @@ def _check(config) -> str | None:
     n = config.nproc
     if n == 1:
         return None
-    if config.batch_size % n:
-        return (f"batch_size={config.batch_size} does not split across nproc={n} processes: batch_size is the "
-                f"global batch; use a multiple of {n} (e.g. {max(n, config.batch_size // n * n)}).")
+    split = unsplittable(config.batch_size, n, f"nproc={n} processes")
+    if split:
+        return split
     if config.prune > 0 and config.prune_at > 0:
         return (f"prune={config.prune} at prune_at={config.prune_at} with nproc={n}: pruning mid-run changes the "
                 "parameters DistributedDataParallel reduces; use prune_at=0 (prune before training) or nproc=1.")
@@ -92,10 +98,7 @@ def _check_change(old, new) -> str | None:
         return (f"{changed[0]}={getattr(new, changed[0])!r} cannot change on a distributed run (nproc="
                 f"{old.nproc}): it changes the parameters DistributedDataParallel reduces on every process. "
                 "Start a new run with it, or use nproc=1 to change it live.")
-    if new.batch_size % old.nproc:
-        return (f"batch_size={new.batch_size} does not split across the run's {old.nproc} processes: use a "
-                f"multiple of {old.nproc}.")
-    return None
+    return unsplittable(new.batch_size, old.nproc, f"the run's {old.nproc} processes")
 
 
 TECHNIQUE = Technique(

@@ -23,6 +23,11 @@ DEFAULT_LR = {
 }
 
 
+def peak_lr(knobs) -> float:
+    """The lr a schedule scales: the `lr` knob, or the optimizer's default when it is None."""
+    return knobs.lr if knobs.lr is not None else default_lr(knobs.optimizer)
+
+
 def default_lr(name: str) -> float:
     return DEFAULT_LR[name]
 

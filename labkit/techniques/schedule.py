@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from .base import Allowed, Control, Knob, Technique, integer, number, one_of
-from .optimizers import default_lr
+from .optimizers import peak_lr
 
 SCHEDULES = ("constant", "onecycle", "cosine", "step", "plateau")
 
@@ -63,7 +63,7 @@ def _observe(loss: float, knobs: Any, ctx: Any) -> dict[str, Any]:
         plateau = ctx.state["plateau"] = Plateau(knobs.patience)
     if not plateau.lower_now(loss):
         return {}
-    peak = knobs.lr if knobs.lr is not None else default_lr(knobs.optimizer)
+    peak = peak_lr(knobs)
     return {"lr": max(float(f"{peak * knobs.decay:.6g}"), 1e-8)}  # 6 digits: 5e-4, not 5.000000000000001e-4
 
 
