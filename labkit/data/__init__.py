@@ -251,7 +251,9 @@ class _ResizableBatches(torch.utils.data.Sampler):
         self.n, self.batch_size, self.gen, self.share = n, batch_size, gen, share
 
     def __iter__(self):
-        return _index_batches(torch.randperm(self.n, generator=self.gen).tolist(), self.batch_size, self.share)
+        # A generator: the order is drawn at the first batch, not at iter(). A DataLoader with workers calls iter()
+        # twice (on creation and on its reset), and an eager draw would give it another order than 0 workers get.
+        yield from _index_batches(torch.randperm(self.n, generator=self.gen).tolist(), self.batch_size, self.share)
 
 
 class LoaderBatches:
