@@ -78,6 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     bs_p.add_argument("--plot", metavar="FILE.html", default=None, help="also write the figure as a Plotly page")
     _add_store_flags(bs_p)
 
+    tune_p = sub.add_parser("tune", help="search a space of knobs with Optuna; every trial a stored run",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    search = tune_p.add_argument_group("the search (labkit.tune)")
+    search.add_argument("--space", required=True, metavar="space.json",
+                        help='JSON: knob -> a list of choices or a range {"low": .., "high": .., "log": ..}, '
+                             'e.g. {"lr": {"low": 0.01, "high": 1.0}, "batch_size": [64, 128, 256]}')
+    search.add_argument("--objectives", default="accuracy",
+                        help="comma-separated: accuracy, throughput, time_to_accuracy, peak_memory")
+    search.add_argument("--sampler", default="tpe", help="grid, random, tpe, gp or nsga2")
+    search.add_argument("--trials", type=int, default=20, help="trials to run")
+    search.add_argument("--timeout", type=float, default=None, help="seconds after which no trial starts")
+    search.add_argument("--sampler-seed", type=int, default=0, help="the sampler's seed (--seed is the runs')")
+    search.add_argument("--target-accuracy", type=float, default=None, help="for time_to_accuracy")
+    search.add_argument("--pruner", default="auto", help="auto, median or none")
+    search.add_argument("--workers", type=int, default=1, help="processes training trials at once")
+    search.add_argument("--storage", default=None,
+                        help="Optuna storage URL (default: the results store's SQLite file); journal:PATH for "
+                             "Optuna's journal file")
+    search.add_argument("--study", default=None, help="study name; an existing study is continued")
+    _add_config_flags(tune_p)
+    _add_store_flags(tune_p)
+
     sub.add_parser("knobs", help="print the table of knobs (Markdown): defaults, allowed values, mid-run changes")
 
     from .lessons import runner  # the lessons' headless runner (papermill); its flags live there
@@ -149,6 +171,29 @@ def _write_plot(finding, path: str | None) -> None:
     if path:
         finding.figure().write_html(path, include_plotlyjs=True)
         print(f"wrote {path}")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import json
+
+    from .tuning import tune
+
+    if args.no_store:
+        raise ValueError("--no-store: every trial is a stored run; give --db PATH for another store instead.")
+    try:
+        with open(args.space) as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--space {args.space}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--space {args.space}: give a JSON object, knob -> [choices] or {{\"low\": .., \"high\": ..}}")
+    fixed = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name) != k.default}
+    result = tune(raw, fixed, objectives=[o.strip() for o in args.objectives.split(",")], sampler=args.sampler,
+                  trials=args.trials, timeout=args.timeout, seed=args.sampler_seed,
+                  target_accuracy=args.target_accuracy, pruner=args.pruner, workers=args.workers,
+                  store=args.db, storage=args.storage, study=args.study, progress=not args.quiet)
+    print(result.summary())
+    return 0 if len(result.completed) else EXIT_FAILED
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -259,7 +304,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "knobs": _cmd_knobs, "notebooks": _cmd_notebooks,
-            "find-lr": _cmd_find_lr, "find-batch-size": _cmd_find_batch_size,
+            "find-lr": _cmd_find_lr, "tune": _cmd_tune, "find-batch-size": _cmd_find_batch_size,
             "doctor": _cmd_doctor, "export": _cmd_export, "report": _cmd_report}
 
 

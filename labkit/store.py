@@ -191,10 +191,12 @@ class Store:
         for run_id, started, ended, st, config, summary, error, info, run_kind in reversed(self._query(sql, args)):
             figures = json.loads(summary) if summary else {}
             # The configuration first: its device ('auto') gives way to the device the run really used.
+            info = json.loads(info)
             rows.append({**json.loads(config), "id": run_id, "status": st,
                          "started": pd.Timestamp(started, unit="s"),
                          **{k: figures.get(k) for k in SUMMARY_FIELDS if k not in ("status", "error")},
-                         "error": error, "device_name": json.loads(info).get("device_name"), "kind": run_kind,
+                         "error": error, "device_name": info.get("device_name"), "kind": run_kind,
+                         "study": info.get("study"), "trial": info.get("trial"),
                          **({"summary": figures} if run_kind != "train" else {})})
         columns = ["id", "status", "started", *[k for k in SUMMARY_FIELDS if k not in ("status", "error")], "error"]
         return pd.DataFrame(rows, columns=None if rows else columns)
@@ -210,8 +212,8 @@ class Store:
         return pd.DataFrame([{"step": s, "time_s": t, "kind": k, **json.loads(d)} for s, t, k, d in rows],
                             columns=["step", "time_s", "kind"] if not rows else None)
 
-    def recorder(self) -> "Recorder":
-        return Recorder(self)
+    def recorder(self, tags: dict[str, Any] | None = None) -> "Recorder":
+        return Recorder(self, tags)
 
 
 class Recorder:
@@ -220,15 +222,16 @@ class Recorder:
     Logged points are buffered and written at each epoch end and at the run's end, so recording costs the
     loop a few writes per epoch, not one per step."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, tags: dict[str, Any] | None = None):
         self.store = store
+        self.tags = dict(tags or {})  # recorded with the run's info: a tuning trial's study and trial number
         self.run_id: int | None = None
         self._buffer: list[dict] = []
 
     def __call__(self, event) -> None:
         kind = event.kind
         if kind == "run_started":
-            self.run_id = self.store.start_run(event.config, event.info)
+            self.run_id = self.store.start_run(event.config, {**event.info, **self.tags})
         elif kind == "logged":
             self._buffer.append({k: v for k, v in vars(event).items() if k != "kind"})
         elif kind == "segment_started":

@@ -1,7 +1,8 @@
 """What each process of a distributed run executes: `torchrun ... -m labkit.dist.worker`.
 
 torchrun gives each process its RANK, LOCAL_RANK and WORLD_SIZE; labkit's launcher adds the configuration
-(LABKIT_RUN_CONFIG, JSON), the store (LABKIT_RUN_STORE, empty for none) and, when a kernel watches the run, the
+(LABKIT_RUN_CONFIG, JSON), the store (LABKIT_RUN_STORE, empty for none; LABKIT_RUN_TAGS, JSON, recorded with the
+run, e.g. a tuning trial's study) and, when a kernel watches the run, the
 address of its channel (LABKIT_CHANNEL, LABKIT_CHANNEL_TOKEN). Every process trains with the same Trainer as a
 single process; the differences are the process group (gloo on CPUs, nccl on GPUs), DDP (the `distributed`
 technique), and RankControls below. Rank 0 records the run and streams its events; the others write nothing.
@@ -170,7 +171,8 @@ def main() -> int:
             trainer.info["launch_s"] = time.time() - float(os.environ["LABKIT_LAUNCHED_AT"])
         if rank == 0:
             store_path = os.environ.get("LABKIT_RUN_STORE", "")
-            recorder = Store(store_path).recorder() if store_path else None
+            tags = json.loads(os.environ.get("LABKIT_RUN_TAGS") or "{}")
+            recorder = Store(store_path).recorder(tags) if store_path else None
             trainer.listeners += [recorder] if recorder else []
             if channel is not None:
                 trainer.listeners.append(_streamer(channel, trainer, recorder))

@@ -225,3 +225,96 @@ def _missing(value: Any) -> bool:
 def run_figures(source: Any, store: Store | None = None) -> list[go.Figure]:
     """The three run figures (loss and accuracy, throughput with changes, throughput per segment)."""
     return [loss_accuracy_figure(source, store), throughput_figure(source, store), segments_figure(source, store)]
+
+
+# ---- tuning and ablation -------------------------------------------------------------------------------------
+_UNITS = {"accuracy": ("test accuracy", ".0%"), "throughput": ("throughput (images/s)", ",.0f"),
+          "time_to_accuracy": ("time to target accuracy (s)", ".1f"), "peak_memory": ("peak memory (MiB)", ",.0f")}
+
+
+def _trial_text(row: dict[str, Any], objectives) -> str:
+    skip = {"trial", "state", "run_id", "error", "seconds", *objectives}
+    head = f"trial {row['trial']} ({row['state']})" + (f", run {int(row['run_id'])}" if not _missing(row.get("run_id"))
+                                                        else "")
+    return "<br>".join([head, *[f"{k}={row[k]}" for k in row if k not in skip and not _missing(row[k])],
+                        *([f"error: {row['error']}"] if row.get("error") else [])])
+
+
+def tune_pareto_figure(trials: pd.DataFrame, objectives, front: set | None = None) -> go.Figure:
+    """Trials by their first two objectives (one objective: against the trial number), the Pareto front drawn
+    through the best ones; hover shows each trial's configuration. `customdata` holds the trial numbers."""
+    objectives = tuple(objectives)
+    done = trials[trials["state"] == "complete"] if len(trials) else trials
+    x_name, y_name = (objectives[1], objectives[0]) if len(objectives) > 1 else ("trial", objectives[0])
+    if len(done) and y_name in done:
+        done = done[np.isfinite(floats(done[y_name])) & np.isfinite(floats(done[x_name]))]
+    best = done[done["trial"].isin(front or set())].sort_values(x_name) if len(done) else done
+    fig = go.Figure([
+        go.Scatter(name="trials", x=floats(done[x_name]) if len(done) else [], y=floats(done[y_name]) if len(done) else [],
+                   mode="markers", marker=dict(size=9, opacity=0.7), customdata=list(done["trial"]) if len(done) else [],
+                   hovertext=[_trial_text(r, objectives) for r in done.to_dict("records")], hoverinfo="text"),
+        go.Scatter(name="Pareto front" if len(objectives) > 1 else "best", x=floats(best[x_name]) if len(best) else [],
+                   y=floats(best[y_name]) if len(best) else [], mode="lines+markers" if len(objectives) > 1 else "markers",
+                   line=dict(dash="dash", shape="hv"), marker=dict(size=13, symbol="star", color="#d62728"),
+                   customdata=list(best["trial"]) if len(best) else [], hoverinfo="skip"),
+    ])
+    x_title, x_format = _UNITS.get(x_name, ("trial", "d"))
+    y_title, y_format = _UNITS[y_name]
+    fig.update_layout(**_LAYOUT, title="Trials: " + (" vs ".join(objectives[:2]) if len(objectives) > 1
+                                                    else f"{objectives[0]} by trial") + " (click a point)",
+                      xaxis=dict(title=x_title, tickformat=x_format), yaxis=dict(title=y_title, tickformat=y_format))
+    return fig
+
+
+def best_so_far(values, direction: str) -> np.ndarray:
+    """The running best of a sequence (NaN for failed trials is skipped)."""
+    out, best = [], np.nan
+    for v in floats(values):
+        if np.isfinite(v) and (np.isnan(best) or (v > best if direction == "maximize" else v < best)):
+            best = v
+        out.append(best)
+    return np.asarray(out)
+
+
+def tune_history_figure(trials: pd.DataFrame, objectives) -> go.Figure:
+    """Each objective's best so far against the trial number (one panel row per objective); dots are the trials."""
+    from plotly.subplots import make_subplots
+
+    from ..tuning import OBJECTIVES
+
+    objectives = tuple(objectives)
+    fig = make_subplots(rows=len(objectives), cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for i, o in enumerate(objectives, start=1):
+        values = trials[o].where(trials["state"] == "complete") if len(trials) else pd.Series(dtype=float)
+        fig.add_scatter(name=f"{o} (trial)", x=list(trials["trial"]) if len(trials) else [], y=floats(values),
+                        mode="markers", marker=dict(size=7, opacity=0.5), row=i, col=1, showlegend=False)
+        fig.add_scatter(name=f"best {o}", x=list(trials["trial"]) if len(trials) else [],
+                        y=best_so_far(values, OBJECTIVES[o][0]), mode="lines", line=dict(shape="hv"), row=i, col=1)
+        fig.update_yaxes(title_text=_UNITS[o][0], tickformat=_UNITS[o][1], row=i, col=1)
+    fig.update_xaxes(title_text="trial", row=len(objectives), col=1)
+    fig.update_layout(**{**_LAYOUT, "height": 220 + 120 * len(objectives)}, title="Best so far, trial by trial")
+    return fig
+
+
+def importance_figure(importances: dict[str, float], objective: str) -> go.Figure:
+    """Each knob's share of the objective's variation (Optuna's fANOVA importances), largest on top."""
+    names = list(importances)[::-1]
+    fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=names, orientation="h"))
+    fig.update_layout(**_LAYOUT, title=f"What explains {objective}" + ("" if names else ": too few trials yet"),
+                      xaxis=dict(title="importance (share)", tickformat=".0%"))
+    return fig
+
+
+def ablation_figure(table: pd.DataFrame) -> go.Figure:
+    """What each technique contributes (the full combination minus the combination without it), throughput in %
+    and accuracy in points, with the spread over seeds as error bars."""
+    from plotly.subplots import make_subplots
+
+    rows = table[table["left_out"].notna()] if len(table) else table
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("throughput contribution (%)", "accuracy contribution (pts)"))
+    for col, (figure, scale) in enumerate((("throughput", 100), ("accuracy", 100)), start=1):
+        fig.add_bar(x=list(rows["left_out"]), y=floats(rows[f"{figure}_contribution"]) * scale,
+                    error_y=dict(type="data", array=floats(rows[f"{figure}_contribution_std"]) * scale),
+                    name=figure, showlegend=False, row=1, col=col)
+    fig.update_layout(**{**_LAYOUT, "height": 340}, title="What each technique contributes (mean over seeds, +-1 std)")
+    return fig
