@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs_p.add_argument("--db", default=None, help="results store (default: $LABKIT_DB or data/labkit.db)")
     runs_p.add_argument("--last", type=int, default=20, help="show the last N runs (0: all)")
     runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped", "interrupted"], default=None)
+    runs_p.add_argument("--study", default=None, help="only the trials of this tuning study (labkit tune)")
     runs_p.add_argument("--kind", choices=["train", "find_lr", "find_batch_size"], default="train",
                         help="training runs, or the finders' records")
 
@@ -249,7 +250,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         return 0
     table["precision"] = [_precision(*row) for row in
                           table.reindex(columns=["amp", "precision", "precision_native"]).itertuples(index=False)]
-    table = table[[c for c in RUNS_COLUMNS if c in table.columns]].copy()
+    if args.study is not None:
+        table = table[table["study"] == args.study]
+        if table.empty:
+            print(f"no runs of study {args.study!r} among these (try --last 0 for all)")
+            return 0
+    tuned = ["study", "trial"] if table["study"].notna().any() else []  # runs of a `labkit tune` study
+    table = table[[c for c in RUNS_COLUMNS[:3] + tuned + RUNS_COLUMNS[3:] if c in table.columns]].copy()
     table["started"] = table["started"].dt.strftime("%Y-%m-%d %H:%M")
     table["throughput"] = table["throughput"].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
     table["accuracy"] = table["accuracy"].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")

@@ -639,6 +639,51 @@ def tune(space: dict[str, Any], config: RunConfig | dict | None = None, **option
     return Tuner(space, config, **options).run()
 
 
+# ---- comparing samplers on measured points ---------------------------------------------------------------------
+def hypervolume(frame: pd.DataFrame, objectives: tuple[str, str], reference: dict[str, float]) -> float:
+    """The area two objectives' Pareto front dominates, bounded by `reference` (the worst values counted):
+    one number for how good a whole front is; more is better whatever the directions."""
+    signs = [1 if OBJECTIVES[o][0] == "maximize" else -1 for o in objectives]
+    points = sorted(((signs[0] * (r[objectives[0]] - reference[objectives[0]]),
+                      signs[1] * (r[objectives[1]] - reference[objectives[1]]))
+                     for r in frame.to_dict("records")), reverse=True)
+    area, best_y = 0.0, 0.0
+    for x, y in points:  # sweep from the best first objective: each point adds the strip above the best so far
+        if x > 0 and y > best_y:
+            area += x * (y - best_y)
+            best_y = y
+    return area
+
+
+def replay(table: pd.DataFrame, space: Iterable[str], objectives: Iterable[str], sampler: str, trials: int,
+           seed: int | None = 0) -> pd.DataFrame:
+    """Let a sampler search a table of measured points (one row per configuration, its objectives measured once)
+    instead of training: which points it would have tried, in order. Many seeds of several samplers then compare
+    at no training cost, on the very figures this machine measured (`benchmarks/tuning.py`, lesson 13)."""
+    space, objectives = list(space), tuple(objectives)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = {tuple(r[k] for k in space): r for r in table.to_dict("records")}
+    dims = [Dimension(k, choices=tuple(sorted(table[k].unique().tolist()))) for k in space]
+    study = optuna.create_study(directions=[OBJECTIVES[o][0] for o in objectives],
+                                sampler=make_sampler(sampler, dims, seed, trials))
+    out = []
+    for number in range(min(trials, len(rows)) if sampler == "grid" else trials):
+        trial = study.ask()
+        row = rows[tuple(d.suggest(trial) for d in dims)]
+        study.tell(trial, [row[o] for o in objectives])
+        out.append({"trial": number, **{k: row[k] for k in space}, **{o: row[o] for o in objectives}})
+    return pd.DataFrame(out)
+
+
+def trials_to_reach(trials: pd.DataFrame, objectives: tuple[str, str], reference: dict[str, float],
+                    target: float) -> int | None:
+    """How many trials (in order) it took for the front's hypervolume to reach `target` (None: never)."""
+    for n in range(1, len(trials) + 1):
+        if hypervolume(trials.iloc[:n], objectives, reference) >= target:
+            return n
+    return None
+
+
 # ---- a worker process: python -m labkit.tuning --storage URL --study NAME --until N ---------------------------
 def worker_main(argv: list[str] | None = None) -> int:
     """Join a study as one more worker: its space, fixed settings and objectives come from the study itself."""

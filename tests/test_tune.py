@@ -155,6 +155,10 @@ def test_the_cli_tunes_a_space_from_a_file(tmp_path):
     assert "study cli (random, completed): 2 trials 2 complete" in done.stdout
     assert "2/2" in done.stderr  # the progress bar over trials
     assert len(labkit.runs(db).query("study == 'cli'")) == 2
+    listed = subprocess.run([sys.executable, "-m", "labkit", "runs", "--db", str(db), "--study", "cli"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:5] == ["id", "status", "started", "study", "trial"] and len(lines) == 3
     space.write_text("[1, 2]")
     bad = subprocess.run([sys.executable, "-m", "labkit", "tune", *args], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "give a JSON object" in bad.stderr
@@ -246,3 +250,26 @@ def test_ablation_measures_each_technique_against_its_leave_one_out(store):
         labkit.ablate(width=8, store=store)
     with pytest.raises(ValueError, match="\\['precision'\\] is not in the combination"):
         labkit.ablate(augment="flip", techniques=["precision"], store=store)
+
+
+def test_hypervolume_and_replay_on_a_measured_table():
+    from labkit.tuning import hypervolume, replay, trials_to_reach
+
+    front = pd.DataFrame({"accuracy": [0.9, 0.8, 0.5, 0.7], "throughput": [100.0, 200.0, 300.0, 150.0]})
+    ref = {"accuracy": 0.0, "throughput": 0.0}
+    # the dominated (0.7, 150) adds nothing: 0.9*100 + 0.8*(200-100) + 0.5*(300-200)
+    assert hypervolume(front, ("accuracy", "throughput"), ref) == pytest.approx(90 + 80 + 50)
+    assert hypervolume(front.iloc[:1], ("accuracy", "throughput"), ref) == pytest.approx(90)
+    memory = pd.DataFrame({"accuracy": [0.9, 0.8], "peak_memory": [100.0, 50.0]})  # memory: less is better
+    assert hypervolume(memory, ("accuracy", "peak_memory"), {"accuracy": 0.0, "peak_memory": 200.0}) == \
+        pytest.approx(0.9 * 100 + 0.8 * 50)
+    table = pd.DataFrame([{"lr": lr, "width": w, "accuracy": 0.5 + lr, "throughput": 1000.0 / w}
+                          for lr in (0.1, 0.2, 0.3) for w in (8, 16)])
+    order = replay(table, ["lr", "width"], ("accuracy", "throughput"), "grid", 100, seed=0)
+    assert len(order) == 6 and len(order.drop_duplicates(["lr", "width"])) == 6  # every point once, then stop
+    row = order.iloc[0]
+    assert row["accuracy"] == pytest.approx(0.5 + row["lr"]) and row["throughput"] == pytest.approx(1000 / row["width"])
+    whole = hypervolume(table, ("accuracy", "throughput"), ref)
+    assert trials_to_reach(order, ("accuracy", "throughput"), ref, whole) <= 6
+    assert trials_to_reach(order.iloc[:1], ("accuracy", "throughput"), ref, 2 * whole) is None
+    assert len(replay(table, ["lr", "width"], ("accuracy", "throughput"), "tpe", 8, seed=0)) == 8
