@@ -273,3 +273,40 @@ def test_hypervolume_and_replay_on_a_measured_table():
     assert trials_to_reach(order, ("accuracy", "throughput"), ref, whole) <= 6
     assert trials_to_reach(order.iloc[:1], ("accuracy", "throughput"), ref, 2 * whole) is None
     assert len(replay(table, ["lr", "width"], ("accuracy", "throughput"), "tpe", 8, seed=0)) == 8
+
+
+def test_a_study_in_optunas_journal_file(tmp_path, store):
+    journal = f"journal:{tmp_path / 'study.log'}"
+    result = labkit.tune({"lr": [0.05, 0.1]}, sampler="grid", trials=2, store=store, storage=journal, study="j",
+                         progress=False, quiet=True, **TINY)
+    assert list(result.trials["state"]) == ["complete", "complete"]
+    assert (tmp_path / "study.log").stat().st_size > 0
+    assert len(TuneResult.load("j", journal).trials) == 2 and list(store.runs()["study"]) == ["j", "j"]
+
+
+def test_ctrl_c_in_the_cli_records_the_trial_and_its_run_as_stopped(tmp_path):
+    db = tmp_path / "int.db"
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"lr": [0.05, 0.1]}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "tune", "--space", str(space), "--db", str(db),
+                             "--study", "int", "--quiet", "--train-size", "256", "--test-size", "64",
+                             "--epochs", "500", "--width", "8"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def training():
+        if not db.exists():
+            return False
+        with sqlite3.connect(db) as connection:
+            try:
+                return connection.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0] > 0
+            except sqlite3.OperationalError:  # the tables are not there yet
+                return False
+
+    wait_until(training, timeout=60, what="the first trial's run to start")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "stopped by SIGINT" in err
+    assert labkit.runs(db)["status"].tolist() == ["stopped"]
+    trial = TuneResult.load("int", store=db).trials.iloc[0]
+    assert trial["state"] == "fail" and "interrupted" in trial["error"]
