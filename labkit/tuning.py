@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -207,7 +208,7 @@ def make_pruner(pruner: Any, objectives: tuple[str, ...], epochs: int):
 class Tuner:
     """One study: `run()` asks, trains and tells until `trials` trials (or `timeout` seconds) are done.
 
-    Listeners (`on_trial`) hear each finished trial as a dict (a row of `TuneResult.trials`); `stop()` ends the
+    Listeners (callables in `listeners`) hear each finished trial as a dict (a row of `TuneResult.trials`); `stop()` ends the
     trial in progress (told as failed, "stopped") and the study. See `tune` for the arguments."""
 
     def __init__(self, space: dict[str, Any], config: RunConfig | dict | None = None, *,
@@ -218,12 +219,13 @@ class Tuner:
                  **overrides: Any):
         self.dims = parse_space(space)
         self.space = {d.name: d.to_json() for d in self.dims}
-        self.config = RunConfig.of(config).replace(**overrides)
-        self.config.replace(**{d.name: d.low if d.low is not None else d.choices[0] for d in self.dims}).check_values()
+        self.config = RunConfig.of(config).replace(**overrides).check_values()
         self.objectives = check_objectives(objectives, target_accuracy)
         self.target_accuracy = target_accuracy
         if not (isinstance(trials, int) and trials >= 1):
             raise ValueError(f"tune: trials={trials!r}: give a whole number of trials >= 1.")
+        if timeout is not None and not (_is_number(timeout) and timeout > 0):
+            raise ValueError(f"tune: timeout={timeout!r}: give seconds > 0, or None for no limit.")
         if not (isinstance(workers, int) and workers >= 1):
             raise ValueError(f"tune: workers={workers!r}: give a whole number of processes >= 1.")
         self.sampler_name, self.seed, self.trials, self.timeout, self.workers = sampler, seed, trials, timeout, workers
@@ -231,7 +233,7 @@ class Tuner:
         self.pruner = make_pruner(pruner, self.objectives, self.config.epochs)
         self.store = Store.of(store)
         self.storage_url = storage_url(storage, self.store)
-        self.study_name = study or time.strftime("tune-%Y%m%d-%H%M%S")
+        self.study_name = study or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         self.progress, self.quiet = progress, quiet
         self.listeners: list[Callable[[dict], None]] = []
         self._stop = threading.Event()
@@ -262,10 +264,15 @@ class Tuner:
             raise ValueError(f"tune: the study {self.study_name!r} exists with directions "
                              f"{[d.name.lower() for d in study.directions]}, not {directions} "
                              f"(objectives {list(self.objectives)}); give another study name.")
-        if "labkit" not in study.user_attrs:  # what a joining worker needs to run the same search
-            study.set_user_attr("labkit", {"space": self.space, "config": self.config.changed(),
-                                           "objectives": list(self.objectives), "sampler": self.sampler_name,
-                                           "target_accuracy": self.target_accuracy})
+        meta = {"space": self.space, "config": self.config.changed(), "objectives": list(self.objectives),
+                "sampler": self.sampler_name, "target_accuracy": self.target_accuracy}
+        known = study.user_attrs.get("labkit")
+        if known is None:  # what a joining worker needs to run the same search
+            study.set_user_attr("labkit", meta)
+        elif [known["space"], known["config"]] != json.loads(json.dumps([meta["space"], meta["config"]])):
+            raise ValueError(f"tune: the study {self.study_name!r} searched another space or fixed settings "
+                             f"({known['space']}, fixed {known['config']}); continue it with the same ones, or give "
+                             "another study name.")
         fail_dead_trials(study, self.storage)
         return study
 

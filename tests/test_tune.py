@@ -106,6 +106,9 @@ def test_time_to_accuracy_and_a_study_continued_later(store):
                         **{**TINY, "epochs": 2})
     assert len(again.trials) == 2  # the grid's other point only: grid trials are capped at its size
     assert len(TuneResult.load("continued", store=store).trials) == 2
+    with pytest.raises(ValueError, match="searched another space"):
+        labkit.tune({"lr": [0.05, 0.3]}, objectives=("time_to_accuracy",), target_accuracy=0.01, store=store,
+                    study="continued", progress=False, **{**TINY, "epochs": 2})
     with pytest.raises(ValueError, match="no study 'nope'"):
         TuneResult.load("nope", store=store)
 
