@@ -1,9 +1,10 @@
 """Which technique in a combination mattered: the full combination against each leave-one-out, over seeds.
 
-    result = labkit.ablate(amp="bf16", augment="flip-crop", prune=0.5, optimizer="lamb", seeds=[0, 1, 2])
+    result = labkit.ablate(amp="bf16", augment="mixup", prune=0.5, optimizer="lamb", seeds=[0, 1, 2])
 
 For each technique the configuration changes from its defaults (a technique is a unit of labkit.techniques: its
-knobs go back to their defaults together), the same configuration runs without it, on the same seeds. A
+knobs go back to their defaults together), the same configuration runs without it, on the same seeds. "Without"
+means "at its default": the default of augment is flip-crop, so `augment="none"` ablated trains with flip-crop. A
 technique's contribution is, seed by seed, the full combination against the one without it: throughput as a
 ratio (+25% means the technique made training 25% faster), accuracy in points. The mean over seeds is its
 contribution; the spread (standard deviation of the paired differences) says whether it is more than noise.
@@ -42,7 +43,7 @@ def leave_one_out(config: RunConfig, techniques: Iterable[str] | None = None) ->
                          f"configuration changes {sorted(present) or 'no technique'} from the defaults.")
     if not chosen:
         raise ValueError("ablate: the configuration changes no technique from its defaults, so there is nothing to "
-                         "leave out; e.g. labkit.ablate(amp='bf16', augment='flip-crop', prune=0.5, optimizer='lamb').")
+                         "leave out; e.g. labkit.ablate(amp='bf16', augment='mixup', prune=0.5, optimizer='lamb').")
     settings = {FULL: {}}
     for name in chosen:
         settings[f"without {name}"] = {k: KNOB[k].default for k in present[name]}
@@ -97,8 +98,9 @@ def ablate(config: RunConfig | dict | None = None, *, techniques: Iterable[str] 
     """Run the combination and each leave-one-out on every seed; returns an Ablation (table, runs, figure).
 
     `techniques`: which to leave out (default: every technique the configuration changes). The settings take turns
-    within a seed, so a slow moment of a shared machine falls on all of them. Every run is recorded in the store
-    (`store=False`: none). A failed run counts as missing (NaN), and its error is in `runs`."""
+    within a seed, starting one further along at each seed, so a slow moment of a shared machine falls on all of
+    them. Every run is recorded in the store (`store=False`: none). A failed run counts as missing (NaN), and its
+    error is in `runs`; Ctrl-C stops the ablation (the run in progress is recorded as stopped)."""
     from tqdm.auto import tqdm
 
     from .api import run
@@ -110,12 +112,17 @@ def ablate(config: RunConfig | dict | None = None, *, techniques: Iterable[str] 
     settings = leave_one_out(config.validate(), techniques)
     rows = []
     with tqdm(total=len(seeds) * len(settings), unit="run", desc="ablation", disable=not progress) as bar:
-        for seed in seeds:
-            for label, changes in settings.items():
-                result = run(config.replace(seed=seed, **changes), store=store, progress=False)
-                rows.append({"setting": label, "seed": seed, "status": result.status,
-                             "throughput": result.throughput, "accuracy": result.accuracy,
-                             "run_id": result.run_id, "error": result.error})
+        labels = list(settings)
+        for turn, seed in enumerate(seeds):
+            for label in labels[turn % len(labels):] + labels[:turn % len(labels)]:
+                try:
+                    result = run(config.replace(seed=seed, **settings[label]), store=store, progress=False)
+                    row = {"status": result.status, "throughput": result.throughput, "accuracy": result.accuracy,
+                           "run_id": result.run_id, "error": result.error}
+                except Exception as exc:  # noqa: BLE001 - recorded as failed by the run; the ablation goes on
+                    row = {"status": "failed", "throughput": None, "accuracy": None, "run_id": None,
+                           "error": f"{type(exc).__name__}: {exc}"}
+                rows.append({"setting": label, "seed": seed, **row})
                 bar.update(1)
                 if not quiet:
                     bar.write(_line(rows[-1]))

@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune_p = sub.add_parser("tune", help="search a space of knobs with Optuna; every trial a stored run",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     search = tune_p.add_argument_group("the search (labkit.tune)")
-    search.add_argument("--space", required=True, metavar="space.json",
+    search.add_argument("--space", default=None, metavar="space.json",
                         help='JSON: knob -> a list of choices or a range {"low": .., "high": .., "log": ..}, '
-                             'e.g. {"lr": {"low": 0.01, "high": 1.0}, "batch_size": [64, 128, 256]}')
+                             'e.g. {"lr": {"low": 0.01, "high": 1.0}, "batch_size": [64, 128, 256]}; without it, '
+                             '--study joins that existing study (its space and settings come from the storage)')
     search.add_argument("--objectives", default="accuracy",
                         help="comma-separated: accuracy, throughput, time_to_accuracy, peak_memory")
     search.add_argument("--sampler", default="tpe", help="grid, random, tpe, gp or nsga2")
@@ -177,17 +178,27 @@ def _write_plot(finding, path: str | None) -> None:
 def _cmd_tune(args: argparse.Namespace) -> int:
     import json
 
-    from .tuning import tune
+    from .tuning import Tuner, tune
 
     if args.no_store:
         raise ValueError("--no-store: every trial is a stored run; give --db PATH for another store instead.")
+    if args.space is None:  # one more worker for an existing study, e.g. on another machine
+        if args.study is None:
+            raise ValueError("give --space space.json to start a study, or --study NAME (and its --storage) to join "
+                             "one")
+        tuner = Tuner.joining(args.study, args.storage or _default_storage(args.db), trials=args.trials,
+                              seed=args.sampler_seed, store=args.db, progress=not args.quiet, workers=args.workers)
+        result = tuner.run()
+        print(result.summary())
+        return 0 if len(result.completed) else EXIT_FAILED
     try:
         with open(args.space) as f:
             raw = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"--space {args.space}: {exc}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"--space {args.space}: give a JSON object, knob -> [choices] or {{\"low\": .., \"high\": ..}}")
+        raise ValueError(f"--space {args.space}: give a JSON object, knob -> [choices] or "
+                         '{"low": .., "high": ..}')
     fixed = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name) != k.default}
     result = tune(raw, fixed, objectives=[o.strip() for o in args.objectives.split(",")], sampler=args.sampler,
                   trials=args.trials, timeout=args.timeout, seed=args.sampler_seed,
@@ -195,6 +206,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                   store=args.db, storage=args.storage, study=args.study, progress=not args.quiet)
     print(result.summary())
     return 0 if len(result.completed) else EXIT_FAILED
+
+
+def _default_storage(db: str | None) -> str:
+    from .store import Store
+    from .tuning import storage_url
+
+    return storage_url(None, Store.of(db))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -238,7 +256,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
     from .api import runs
 
-    table = runs(args.db, status=args.status, last=args.last or None, kind=args.kind)
+    # a study's runs are picked first, then the last ones of them
+    table = runs(args.db, status=args.status, last=None if args.study else args.last or None, kind=args.kind)
     if table.empty:
         print("no runs recorded yet: try `labkit run`" if args.kind == "train" else f"no {args.kind} records yet")
         return 0
@@ -252,10 +271,12 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                           table.reindex(columns=["amp", "precision", "precision_native"]).itertuples(index=False)]
     if args.study is not None:
         table = table[table["study"] == args.study]
+        table = table.tail(args.last) if args.last else table
         if table.empty:
-            print(f"no runs of study {args.study!r} among these (try --last 0 for all)")
+            print(f"no runs of study {args.study!r}")
             return 0
     tuned = ["study", "trial"] if table["study"].notna().any() else []  # runs of a `labkit tune` study
+    table["trial"] = table["trial"].astype("Int64")
     table = table[[c for c in RUNS_COLUMNS[:3] + tuned + RUNS_COLUMNS[3:] if c in table.columns]].copy()
     table["started"] = table["started"].dt.strftime("%Y-%m-%d %H:%M")
     table["throughput"] = table["throughput"].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")

@@ -198,7 +198,8 @@ class Store:
                          "error": error, "device_name": info.get("device_name"), "kind": run_kind,
                          "study": info.get("study"), "trial": info.get("trial"),
                          **({"summary": figures} if run_kind != "train" else {})})
-        columns = ["id", "status", "started", *[k for k in SUMMARY_FIELDS if k not in ("status", "error")], "error"]
+        columns = ["id", "status", "started", *[k for k in SUMMARY_FIELDS if k not in ("status", "error")], "error",
+                   "study", "trial"]
         return pd.DataFrame(rows, columns=None if rows else columns)
 
     def metrics(self, run_id: int, kind: str = "logged") -> pd.DataFrame:

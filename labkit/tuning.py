@@ -41,11 +41,13 @@ from .store import Store, process_identity
 OBJECTIVES = {
     "accuracy": ("maximize", "final test accuracy (0..1)"),
     "throughput": ("maximize", "training images/s over the timed steps"),
-    "time_to_accuracy": ("minimize", "seconds of training until an epoch's test accuracy reached target_accuracy"),
+    "time_to_accuracy": ("minimize", "seconds from the run's start (set-up and evaluation included) to the first "
+                                     "epoch end whose test accuracy reached target_accuracy"),
     "peak_memory": ("minimize", "peak memory in MiB (GPU: tensors allocated; CPU: the process's resident set)"),
 }
 SAMPLERS = ("grid", "random", "tpe", "gp", "nsga2")
 PRUNERS = ("auto", "median", "none")
+STOPPED = "stopped: the tuning was stopped"
 LOG_RATIO = 100  # a numeric range spanning at least this factor is searched on a log scale
 
 
@@ -95,6 +97,8 @@ def parse_space(space: dict[str, Any]) -> list[Dimension]:
                 raise ValueError(f"tune: {name} takes {knob.allowed.text}: give a list of choices, not a range.")
             integer = knob.allowed.parse is int
             log = spec.get("log", low > 0 and high / low >= LOG_RATIO)
+            if not isinstance(log, bool):
+                raise ValueError(f"tune: {name}: log={log!r}: give true or false.")
             if log and low <= 0:
                 raise ValueError(f"tune: {name}={values!r}: a log-scale range needs low > 0.")
             dim = Dimension(name, low=low, high=high, log=bool(log), integer=integer)
@@ -155,9 +159,10 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-def make_sampler(name: str, dims: list[Dimension], seed: int | None, trials: int):
+def make_sampler(name: str, dims: list[Dimension], seed: int | None, trials: int, workers: int = 1):
     """Optuna's sampler. TPE and GP start from a few random trials (a quarter of the budget, 3 to 10); NSGA-II's
-    population is a quarter of the budget (4 to 50), so a small budget still sees several generations."""
+    population is a quarter of the budget (4 to 50), so a small budget still sees several generations. With
+    several workers TPE treats the trials in progress as bad ("constant liar"), so workers spread out."""
     startup = min(10, max(3, trials // 4))
     if name == "grid":
         ranges = [d.name for d in dims if not d.choices]
@@ -168,7 +173,7 @@ def make_sampler(name: str, dims: list[Dimension], seed: int | None, trials: int
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=workers > 1)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "nsga2":
@@ -208,8 +213,8 @@ def make_pruner(pruner: Any, objectives: tuple[str, ...], epochs: int):
 class Tuner:
     """One study: `run()` asks, trains and tells until `trials` trials (or `timeout` seconds) are done.
 
-    Listeners (callables in `listeners`) hear each finished trial as a dict (a row of `TuneResult.trials`); `stop()` ends the
-    trial in progress (told as failed, "stopped") and the study. See `tune` for the arguments."""
+    Listeners (callables in `listeners`) hear each finished trial as a dict (a row of `TuneResult.trials`);
+    `stop()` ends the trial in progress (told as failed, "stopped") and the study. See `tune` for the arguments."""
 
     def __init__(self, space: dict[str, Any], config: RunConfig | dict | None = None, *,
                  objectives: Iterable[str] | str = ("accuracy",), sampler: str = "tpe", trials: int = 20,
@@ -229,7 +234,11 @@ class Tuner:
         if not (isinstance(workers, int) and workers >= 1):
             raise ValueError(f"tune: workers={workers!r}: give a whole number of processes >= 1.")
         self.sampler_name, self.seed, self.trials, self.timeout, self.workers = sampler, seed, trials, timeout, workers
-        self.sampler = make_sampler(sampler, self.dims, seed, trials)
+        self.sampler = make_sampler(sampler, self.dims, seed, trials, workers)
+        if workers > 1 and not (pruner is None or isinstance(pruner, str)):
+            raise ValueError(f"tune: pruner={pruner!r} with workers={workers}: the worker processes rebuild the "
+                             f"pruner by name; use one of {list(PRUNERS)}.")
+        self.pruner_name = pruner if isinstance(pruner, str) or pruner is None else type(pruner).__name__
         self.pruner = make_pruner(pruner, self.objectives, self.config.epochs)
         self.store = Store.of(store)
         self.storage_url = storage_url(storage, self.store)
@@ -240,6 +249,23 @@ class Tuner:
         self._controls = None  # the trial in progress's, for stop()
         self._study, self._opening = None, threading.Lock()
         self.planned: int | None = None  # trials run() will run (the grid caps them)
+
+    @classmethod
+    def joining(cls, study: str, storage: str, **options: Any) -> "Tuner":
+        """One more worker for an existing labkit study: its space, fixed settings, objectives, sampler and pruner
+        come from the study itself (another machine needs only the storage URL and the study name)."""
+        try:
+            meta = optuna.load_study(study_name=study, storage=open_storage(storage)).user_attrs["labkit"]
+        except (KeyError, ValueError):
+            raise ValueError(f"no labkit study {study!r} in {storage}: start it with a space first "
+                             "(labkit tune --space ... --storage ... --study ...)") from None
+        trials = options.pop("trials", None)
+        tuner = cls(meta["space"], meta["config"], objectives=meta["objectives"], sampler=meta["sampler"],
+                    trials=meta.get("trials", 20), target_accuracy=meta.get("target_accuracy"),
+                    pruner=meta.get("pruner", "auto"), storage=storage, study=study, **options)
+        if trials is not None:  # this worker's own count; the sampler keeps the study's sizes
+            tuner.trials = trials
+        return tuner
 
     @property
     def study(self):
@@ -265,14 +291,19 @@ class Tuner:
                              f"{[d.name.lower() for d in study.directions]}, not {directions} "
                              f"(objectives {list(self.objectives)}); give another study name.")
         meta = {"space": self.space, "config": self.config.changed(), "objectives": list(self.objectives),
-                "sampler": self.sampler_name, "target_accuracy": self.target_accuracy}
+                "target_accuracy": self.target_accuracy, "sampler": self.sampler_name, "pruner": self.pruner_name,
+                "trials": self.trials}
         known = study.user_attrs.get("labkit")
+        same = ("space", "config", "objectives", "target_accuracy")
         if known is None:  # what a joining worker needs to run the same search
             study.set_user_attr("labkit", meta)
-        elif [known["space"], known["config"]] != json.loads(json.dumps([meta["space"], meta["config"]])):
-            raise ValueError(f"tune: the study {self.study_name!r} searched another space or fixed settings "
-                             f"({known['space']}, fixed {known['config']}); continue it with the same ones, or give "
-                             "another study name.")
+        elif [known.get(k) for k in same] != json.loads(json.dumps([meta[k] for k in same])):
+            raise ValueError(f"tune: the study {self.study_name!r} searched another space, fixed settings or "
+                             f"objectives ({ {k: known.get(k) for k in same} }); continue it with the same ones, or "
+                             "give another study name.")
+        earlier = len(study.get_trials(deepcopy=False))
+        if earlier and self.seed is not None and self.sampler_name != "grid":  # a continued study: new draws
+            study.sampler = make_sampler(self.sampler_name, self.dims, self.seed + earlier, self.trials, self.workers)
         fail_dead_trials(study, self.storage)
         return study
 
@@ -286,8 +317,9 @@ class Tuner:
     def stop(self) -> None:
         """Stop the trial in progress (told as failed, "stopped") and ask for no more."""
         self._stop.set()
-        if self._controls is not None:
-            self._controls.stop("stopped: the tuning was stopped")
+        controls = self._controls  # the tuning thread may clear it meanwhile
+        if controls is not None:
+            controls.stop(STOPPED)
 
     def run(self) -> "TuneResult":
         """Run the trials; returns the study's result (status "stopped" if `stop()` ended it early)."""
@@ -330,6 +362,8 @@ class Tuner:
         except ValueError as exc:  # an impossible combination: failed, with the reason, and the study goes on
             return self._tell(trial, TrialState.FAIL, error=str(exc))
         self._controls = controls = Controls()
+        if self._stop.is_set():  # stop() came between ask() and here
+            controls.stop(STOPPED)
         pruning = _PruningListener(trial, controls, config.epochs) if self.pruner is not None else None
         recorder = self.store.recorder(tags={"study": self.study_name, "trial": trial.number})
         listeners = [recorder] + ([pruning] if pruning else [])
@@ -363,7 +397,10 @@ class Tuner:
             trial.set_user_attr("error", error)
         row = trial_row(self.study.tell(trial, values=values, state=None if values else state), self.objectives)
         for listener in self.listeners:
-            listener(row)
+            try:
+                listener(row)
+            except Exception as exc:  # noqa: BLE001 - a broken listener (a panel) must not end the study
+                print(f"labkit.tune: a listener failed on trial {row['trial']}: {exc!r}", file=sys.stderr)
         return row
 
     def _best_text(self) -> str:
@@ -384,17 +421,18 @@ class Tuner:
         budget = self.planned = self.budget()
         until = len(self.study.get_trials(deepcopy=False)) + budget
         command = [sys.executable, "-m", "labkit.tuning", "--storage", self.storage_url, "--study", self.study_name,
-                   "--until", str(until), "--store", str(self.store.path)]
+                   "--until", str(until), "--store", str(self.store.path), "--parent", str(os.getpid())]
         if self.timeout is not None:
             command += ["--timeout", str(self.timeout)]
         env = dict(os.environ)
         if "OMP_NUM_THREADS" not in env:  # the workers share the cores (threads waiting on each other are slow)
             env["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // self.workers))
-        logs = [tempfile.TemporaryFile("w+") for _ in range(self.workers)]  # a pipe left unread could block
+        workers = max(1, min(self.workers, budget))  # more would only ask for trials past the budget
+        logs = [tempfile.TemporaryFile("w+") for _ in range(workers)]  # a pipe left unread could block
         procs = [subprocess.Popen(command + ([] if self.seed is None else ["--seed", str(self.seed + i)]),
                                   stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
                  for i, log in enumerate(logs)]  # each worker its own random stream, reproducibly
-        bar = tqdm(total=budget, unit="trial", desc=f"{self.study_name} ({self.workers} workers)",
+        bar = tqdm(total=budget, unit="trial", desc=f"{self.study_name} ({workers} workers)",
                    disable=not self.progress)
         first, seen, errors = until - budget, set(), []
         try:
@@ -430,8 +468,9 @@ class Tuner:
         for error in errors:
             if not self.quiet:
                 print(error, file=sys.stderr)
-        return TuneResult.load(self.study_name, self.storage_url, status="stopped" if self._stop.is_set() else
-                               "completed", study=self.study)
+        finished = [t for t in self.study.get_trials(deepcopy=False)[first:] if t.state.is_finished()]
+        status = "stopped" if self._stop.is_set() else "failed" if errors and not finished else "completed"
+        return TuneResult.load(self.study_name, self.storage_url, status=status, study=self.study, errors=errors)
 
 
 class _PruningListener:
@@ -452,7 +491,8 @@ class _PruningListener:
 
 def fail_dead_trials(study, storage) -> list[int]:
     """Mark failed the running trials of this host whose process is gone (a worker killed or crashed); returns
-    their numbers. Their labkit runs are marked "interrupted" by the store the same way."""
+    their numbers. Their labkit runs are marked "interrupted" by the store the same way. A trial of a worker that
+    died on another machine stays "running" until a labkit tune on that machine opens the study."""
 
     from .store import _process_alive
 
@@ -464,8 +504,11 @@ def fail_dead_trials(study, storage) -> list[int]:
             error = (f"its worker (pid {attrs['pid']} on {host}) ended without finishing the trial (killed or "
                      "crashed); what its run recorded is kept")
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(trial_id, "error", error)
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            try:
+                storage.set_trial_user_attr(trial_id, "error", error)
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another process on this host failed it first
+                continue
             dead.append(t.number)
     return dead
 
@@ -519,10 +562,11 @@ class TuneResult:
     sampler: str = ""
     target_accuracy: float | None = None
     study: Any = field(default=None, repr=False)  # the optuna.Study
+    errors: list[str] = field(default_factory=list)  # worker processes that failed, with their output's end
 
     @classmethod
     def load(cls, study_name: str, storage: str | None = None, *, store: Store | str | Path | None = None,
-             status: str = "completed", study=None) -> "TuneResult":
+             status: str = "completed", study=None, errors: list[str] | None = None) -> "TuneResult":
         """A study as stored (`storage`, or the store's file): what `tune` returned, in a later session too."""
         url = storage_url(storage, Store.of(store)) if storage is None else storage
         if study is None:
@@ -537,7 +581,7 @@ class TuneResult:
         trials = cls.empty_trials(meta.get("space", {}), objectives)
         trials = pd.DataFrame(rows, columns=trials.columns) if rows else trials
         return cls(study_name, url, objectives, meta.get("space", {}), meta.get("config", {}), trials, status,
-                   meta.get("sampler", ""), meta.get("target_accuracy"), study)
+                   meta.get("sampler", ""), meta.get("target_accuracy"), study, list(errors or []))
 
     @staticmethod
     def empty_trials(space: Iterable[str], objectives: Iterable[str]) -> pd.DataFrame:
@@ -570,11 +614,10 @@ class TuneResult:
                 raise ValueError(f"{len(self.best)} trials are on the Pareto front ({list(self.best['trial'])}): "
                                  "pick one, e.g. result.config(trial=...)")
             trial = int(self.best["trial"].iloc[0])
-        row = self.trials[self.trials["trial"] == trial]
-        if row.empty:
+        found = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial]
+        if not found:
             raise ValueError(f"study {self.study_name!r} has no trial {trial}; it has 0..{len(self.trials) - 1}")
-        params = {k: _plain(row[k].iloc[0]) for k in self.space if k in row and not pd.isna(row[k].iloc[0])}
-        return RunConfig.from_dict(self.base).replace(**params)
+        return RunConfig.from_dict(self.base).replace(**found[0].params)  # Optuna's own values: ints stay ints
 
     def importances(self, objective: str | None = None) -> dict[str, float]:
         """How much each knob explains the objective's variation over the completed trials (Optuna's fANOVA: a
@@ -616,16 +659,13 @@ class TuneResult:
         lines = [f"study {self.study_name} ({self.sampler or 'sampler ?'}, {self.status}): {len(self.trials)} trials "
                  + ", ".join(f"{n} {s}" for s, n in counts.items()),
                  "objectives: " + ", ".join(f"{o} ({OBJECTIVES[o][0]})" for o in self.objectives)]
+        lines += [f"worker failed: {e}" for e in self.errors]
         for row in self.best.to_dict("records"):
             lines.append(("best: " if len(self.objectives) == 1 else "Pareto: ") + trial_line(row, self.objectives))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"TuneResult(study={self.study_name!r}, trials={len(self.trials)}, best={len(self.best)})"
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
 
 
 def tune(space: dict[str, Any], config: RunConfig | dict | None = None, **options: Any) -> TuneResult:
@@ -702,28 +742,29 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", required=True)
     parser.add_argument("--study", required=True)
     parser.add_argument("--until", type=int, default=None, help="stop once the study holds this many trials")
-    parser.add_argument("--trials", type=int, default=None, help="run this many trials (default: until --until)")
+    parser.add_argument("--trials", type=int, default=None, help="run at most this many trials")
     parser.add_argument("--store", default=None, help="the results store (default: $LABKIT_DB or data/labkit.db)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--parent", type=int, default=None, help="stop when this process (the launcher) is gone")
     args = parser.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        meta = optuna.load_study(study_name=args.study, storage=open_storage(args.storage)).user_attrs["labkit"]
-    except (KeyError, ValueError):
-        print(f"no labkit study {args.study!r} in {args.storage}", file=sys.stderr)
+        tuner = Tuner.joining(args.study, args.storage, seed=args.seed, store=args.store, progress=False,
+                              quiet=True)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    tuner = Tuner(meta["space"], meta["config"], objectives=meta["objectives"], sampler=meta["sampler"],
-                  trials=args.trials or 10**9, seed=args.seed, target_accuracy=meta.get("target_accuracy"),
-                  store=args.store, storage=args.storage, study=args.study, progress=False, quiet=True)
-    started = time.monotonic()
+    started, done = time.monotonic(), 0
     try:
-        for _ in range(args.trials or 10**9):
+        while args.trials is None or done < args.trials:
             if args.until is not None and len(tuner.study.get_trials(deepcopy=False)) >= args.until:
                 break
             if args.timeout is not None and time.monotonic() - started > args.timeout:
                 break
+            if args.parent is not None and os.getppid() != args.parent:  # the launcher died: no one is waiting
+                break
             tuner.run_trial()
+            done += 1
     except KeyboardInterrupt as exc:
         return exit_code(exc)
     return 0

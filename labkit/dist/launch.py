@@ -156,7 +156,8 @@ class Launcher:
         store = next((r.store.path for r in self.recorders), "")
         tags = next((r.tags for r in self.recorders), {})
         env = {**os.environ, "LABKIT_RUN_CONFIG": json.dumps(self.config.to_dict()),
-               "LABKIT_RUN_STORE": str(store), "LABKIT_RUN_TAGS": json.dumps(tags), "LABKIT_CHANNEL": "127.0.0.1:%d" % server.getsockname()[1],
+               "LABKIT_RUN_STORE": str(store), "LABKIT_RUN_TAGS": json.dumps(tags),
+               "LABKIT_CHANNEL": "127.0.0.1:%d" % server.getsockname()[1],
                "LABKIT_CHANNEL_TOKEN": token, "LABKIT_LAUNCHED_AT": repr(time.time()), "PYTHONUNBUFFERED": "1"}
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # one set by the user is kept
             env["OMP_NUM_THREADS"] = _threads_per_process(self.config.nproc)

@@ -243,6 +243,8 @@ def _trial_text(row: dict[str, Any], objectives) -> str:
 def tune_pareto_figure(trials: pd.DataFrame, objectives, front: set | None = None) -> go.Figure:
     """Trials by their first two objectives (one objective: against the trial number), the Pareto front drawn
     through the best ones; hover shows each trial's configuration. `customdata` holds the trial numbers."""
+    from ..tuning import OBJECTIVES
+
     objectives = tuple(objectives)
     done = trials[trials["state"] == "complete"] if len(trials) else trials
     x_name, y_name = (objectives[1], objectives[0]) if len(objectives) > 1 else ("trial", objectives[0])
@@ -250,12 +252,16 @@ def tune_pareto_figure(trials: pd.DataFrame, objectives, front: set | None = Non
         done = done[np.isfinite(floats(done[y_name])) & np.isfinite(floats(done[x_name]))]
     best = done[done["trial"].isin(front or set())].sort_values(x_name) if len(done) else done
     fig = go.Figure([
-        go.Scatter(name="trials", x=floats(done[x_name]) if len(done) else [], y=floats(done[y_name]) if len(done) else [],
-                   mode="markers", marker=dict(size=9, opacity=0.7), customdata=list(done["trial"]) if len(done) else [],
+        go.Scatter(name="trials", x=floats(done[x_name]) if len(done) else [],
+                   y=floats(done[y_name]) if len(done) else [], mode="markers", marker=dict(size=9, opacity=0.7),
+                   customdata=list(done["trial"]) if len(done) else [],
                    hovertext=[_trial_text(r, objectives) for r in done.to_dict("records")], hoverinfo="text"),
         go.Scatter(name="Pareto front" if len(objectives) > 1 else "best", x=floats(best[x_name]) if len(best) else [],
-                   y=floats(best[y_name]) if len(best) else [], mode="lines+markers" if len(objectives) > 1 else "markers",
-                   line=dict(dash="dash", shape="hv"), marker=dict(size=13, symbol="star", color="#d62728"),
+                   y=floats(best[y_name]) if len(best) else [],
+                   mode="lines+markers" if len(objectives) == 2 else "markers",  # 3+: a projection, no frontier
+                   # the staircase bounds what the front dominates: it turns at the trials, never past them
+                   line=dict(dash="dash", shape="vh" if OBJECTIVES.get(x_name, ("",))[0] == "maximize" else "hv"),
+                   marker=dict(size=13, symbol="star", color="#d62728"),
                    customdata=list(best["trial"]) if len(best) else [], hoverinfo="skip"),
     ])
     x_title, x_format = _UNITS.get(x_name, ("trial", "d"))

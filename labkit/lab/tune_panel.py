@@ -39,6 +39,7 @@ class TuneLab:
         self.lab = None
         self.last_error: str | None = None
         self._thread: threading.Thread | None = None
+        self._drawing = threading.Lock()
         self.start_button = widgets.Button(description="Start", button_style="success", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.open_button = widgets.Button(description="open in Lab", icon="external-link", disabled=True)
@@ -68,16 +69,18 @@ class TuneLab:
         if self.running:
             return self
         try:
-            self.tuner = Tuner(self.space, self.config, **{**self.options, "progress": False, "quiet": True})
+            tuner = Tuner(self.space, self.config, **{**self.options, "progress": False, "quiet": True})
+            tuner.study  # opened here: a study that cannot be continued is refused before anything runs
         except ValueError as exc:  # a setting the user can fix: shown in the panel, the kernel goes on
             self._error(str(exc))
             return self
-        self.rows, self.result, self.last_error = [], None, None
+        self.tuner, self.rows, self.result, self.last_error, self.selected = tuner, [], None, None, None
+        self.chosen.value = "<i>click a trial on the chart to see its configuration</i>"
         self.tuner.listeners.append(self._on_trial)
-        self._thread = threading.Thread(target=self._run, name="labkit-tune", daemon=True)
-        self.start_button.disabled, self.stop_button.disabled = True, False
-        self._thread.start()
         self._redraw()
+        self._thread = threading.Thread(target=self._run, name="labkit-tune", daemon=True)
+        self.start_button.disabled, self.stop_button.disabled, self.open_button.disabled = True, False, True
+        self._thread.start()
         return self
 
     def _run(self) -> None:
@@ -89,6 +92,7 @@ class TuneLab:
                                           study=self.tuner.study)
         finally:
             self.start_button.disabled, self.stop_button.disabled = False, True
+            self.open_button.disabled = self.selected is None
             self._redraw()
 
     def stop(self) -> None:
@@ -118,6 +122,10 @@ class TuneLab:
         return self._result().trials
 
     def _redraw(self) -> None:
+        with self._drawing:  # the tuning thread and the notebook's may both redraw
+            self._draw()
+
+    def _draw(self) -> None:
         result = self._result() if self.tuner is not None else None
         trials = result.trials if result else TuneResult.empty_trials(self.space_names, self.objectives)
         front = set(result.best["trial"]) if result else set()
@@ -138,6 +146,8 @@ class TuneLab:
             return "press Start to begin the study"
         done = len(self.rows)
         state = self.result.status if self.result else "running"
+        if self.result and self.result.errors:
+            state += ": " + html.escape("; ".join(self.result.errors))
         last = html.escape(trial_line(self.rows[-1], self.tuner.objectives)) if self.rows else ""
         return (f"study <b>{html.escape(self.tuner.study_name)}</b> ({self.tuner.sampler_name}): {state}, "
                 f"{done} of {self.tuner.planned or self.tuner.trials} trials" + (f"<br>last: {last}" if last else ""))
@@ -156,8 +166,10 @@ class TuneLab:
         config = self._result().config(trial)
         self.selected = trial
         changed = ", ".join(f"{k}={v!r}" for k, v in config.changed().items())
-        self.chosen.value = f"trial {trial}: <code>{html.escape(changed)}</code>"
-        self.open_button.disabled = False
+        self.chosen.value = f"trial {trial}: <code>{html.escape(changed)}</code>" + (
+            " (open it in a Lab once the study has ended: two runs at once would spoil both measurements)"
+            if self.running else "")
+        self.open_button.disabled = self.running
         return config
 
     def open_lab(self):

@@ -216,6 +216,72 @@ def _ring_allreduce_cases():
     yield "only the classifier trains, nproc=3", (frozen, 3), sent(models.count_params(head), 3)
 
 
+# ---- lesson 14: a technique's contribution, paired by seed -------------------------------------------------
+def _contribution_cases():
+    """Runs of an ablation (setting, seed, status, throughput, accuracy) with made-up figures; the contribution and
+    its spread from labkit's own table (labkit.ablation: seed by seed, the full combination against the
+    combination without the technique)."""
+    import pandas as pd
+
+    from .. import ablation
+
+    figures = {"all": [(1510.0, 0.712), (1490.0, 0.695), (1535.0, 0.731)],  # (throughput, accuracy) for seeds 0-2
+               "without pruning": [(1020.0, 0.725), (1002.0, 0.716), (1040.0, 0.733)],
+               "without augment": [(1500.0, 0.698), (1492.0, 0.702), (1522.0, 0.709)]}
+
+    def frame(rows):
+        return pd.DataFrame(rows, columns=["setting", "seed", "status", "throughput", "accuracy"])
+
+    def runs_for(seeds, drop=(), fail=()):
+        return frame([(setting, seed, "failed" if (setting, seed) in fail else "completed",
+                       *((None, None) if (setting, seed) in fail else figures[setting][i]))
+                      for i, seed in enumerate(seeds) for setting in figures if (setting, seed) not in drop])
+
+    three = runs_for([0, 1, 2])
+    shuffled = three.iloc[[4, 0, 8, 2, 6, 1, 7, 3, 5]].reset_index(drop=True)  # rows no longer in seed order
+    for label, runs, technique, figure in (
+            ("3 seeds: accuracy, augment", three, "augment", "accuracy"),
+            ("3 seeds: throughput (a ratio), pruning", three, "pruning", "throughput"),
+            ("rows in another order: pair by seed, not by row", shuffled, "pruning", "accuracy"),
+            ("a failed run (no figures) leaves its seed out", runs_for([0, 1, 2], fail={("without augment", 1)}),
+             "augment", "accuracy"),
+            ("seeds 3, 7, 11; the run without it never reached seed 11",
+             runs_for([3, 7, 11], drop={("without augment", 11)}), "augment", "throughput"),
+            ("one seed: no spread (0)", runs_for([0]), "pruning", "throughput")):
+        table = ablation._table(runs, {setting: {} for setting in figures}).set_index("setting")
+        row = table.loc[f"without {technique}"]
+        yield label, (runs.copy(), technique, figure), (float(row[f"{figure}_contribution"]),
+                                                        float(row[f"{figure}_contribution_std"]))
+
+
+# ---- lesson 13: the hypervolume of a two-objective front ------------------------------------------------------
+def _hypervolume_cases():
+    """(accuracy, throughput) points, both maximised, and a reference point (the worst values counted): the area
+    the points dominate above the reference, from labkit's own labkit.tuning.hypervolume."""
+    import random
+
+    import pandas as pd
+
+    from ..tuning import hypervolume
+
+    staircase = [(0.8, 300.0), (0.6, 900.0), (0.4, 1500.0)]
+    draw = random.Random(13)
+    measured = [(round(draw.uniform(0.1, 0.7), 4), round(draw.uniform(200.0, 3000.0), 1)) for _ in range(36)]
+    for label, points, reference in (
+            ("one point", [(0.6, 1000.0)], (0.1, 200.0)),
+            ("a staircase of three points", staircase, (0.1, 100.0)),
+            ("dominated points add nothing", staircase + [(0.5, 800.0), (0.3, 200.0), (0.8, 250.0)], (0.1, 100.0)),
+            ("points at or below the reference count for nothing",
+             [(0.05, 2000.0), (0.5, 50.0), (0.1, 100.0), (0.7, 600.0)], (0.1, 100.0)),
+            ("ties in one objective", [(0.6, 500.0), (0.6, 700.0), (0.3, 700.0)], (0.0, 0.0)),
+            ("36 points in random order", measured, (0.1, 200.0)),
+            ("no points", [], (0.1, 200.0))):
+        frame = pd.DataFrame(points, columns=["accuracy", "throughput"])
+        expected = hypervolume(frame, ("accuracy", "throughput"), {"accuracy": reference[0],
+                                                                   "throughput": reference[1]})
+        yield label, (list(points), reference), float(expected)
+
+
 EXERCISES = {e.name: e for e in (
     Exercise("bf16_round", "to_bf16(x): each fp32 value rounded to the nearest bf16 (ties to even), as fp32",
              _bf16_cases),
@@ -242,6 +308,13 @@ EXERCISES = {e.name: e for e in (
     Exercise("ring_allreduce", "allreduce_bytes(model, nproc) -> bytes each of nproc processes sends per optimizer "
              "step in a ring all-reduce of the model's gradients: 2 (nproc - 1) / nproc x the bytes of every "
              "parameter that requires a gradient", _ring_allreduce_cases, atol=1e-3),
+    Exercise("contribution", "contribution(runs, technique, figure) -> (mean, spread): seed by seed, the 'all' run "
+             "against the 'without <technique>' run (throughput: all / without - 1; accuracy: all - without), over "
+             "the seeds where both have the figure; the mean of those differences and their sample standard "
+             "deviation (0 for a single seed)", _contribution_cases, atol=1e-9),
+    Exercise("hypervolume", "hypervolume(points, reference) -> the area that (accuracy, throughput) points, both "
+             "maximised, dominate above the reference point (the worst values counted); dominated points and "
+             "points not above the reference in both objectives add nothing", _hypervolume_cases, atol=1e-6),
 )}
 # Exercises whose student function is one step of a sequence: the check runs the sequence.
 _DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw, "grad_accum": _run_accum,
