@@ -658,7 +658,8 @@ class TuneResult:
         counts = self.trials["state"].value_counts().to_dict()
         lines = [f"study {self.study_name} ({self.sampler or 'sampler ?'}, {self.status}): {len(self.trials)} trials "
                  + ", ".join(f"{n} {s}" for s, n in counts.items()),
-                 "objectives: " + ", ".join(f"{o} ({OBJECTIVES[o][0]})" for o in self.objectives)]
+                 "objectives: " + ", ".join(f"{o} ({OBJECTIVES[o][0]})" for o in self.objectives),
+                 f"stored in {self.storage} (labkit.TuneResult.load({self.study_name!r}, {self.storage!r}))"]
         lines += [f"worker failed: {e}" for e in self.errors]
         for row in self.best.to_dict("records"):
             lines.append(("best: " if len(self.objectives) == 1 else "Pareto: ") + trial_line(row, self.objectives))
