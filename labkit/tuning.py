@@ -681,7 +681,8 @@ def tune(space: dict[str, Any], config: RunConfig | dict | None = None, **option
         pruning when the one objective is accuracy over several epochs; "median"; "none"; an Optuna pruner).
     store / storage / study: the results store, Optuna's storage URL (default: the store's SQLite file), the study
         name (an existing one is continued). workers: processes training trials at once.
-    Other keywords are fixed settings for every trial (the per-trial budget: epochs=1, max_steps=200, ...).
+    Other keywords are fixed settings for every trial (the per-trial budget: epochs=1, max_steps=200, ...); the
+    runs' own seed is one of them (`config={"seed": 3}`), since `seed` here is the sampler's.
     Ctrl-C stops the trial in progress, records it (run "stopped", trial failed), and the interrupt goes on:
     `TuneResult.load(study_name)` reads what the study holds."""
     return Tuner(space, config, **options).run()
@@ -717,7 +718,11 @@ def replay(table: pd.DataFrame, space: Iterable[str], objectives: Iterable[str],
     out = []
     for number in range(min(trials, len(rows)) if sampler == "grid" else trials):
         trial = study.ask()
-        row = rows[tuple(d.suggest(trial) for d in dims)]
+        point = tuple(d.suggest(trial) for d in dims)
+        if point not in rows:  # a grid point whose trial failed has no figures
+            raise ValueError(f"replay: the table has no row for {dict(zip(space, point))}; give it every combination "
+                             "of the values it holds (each measured), or drop the values of failed points.")
+        row = rows[point]
         study.tell(trial, [row[o] for o in objectives])
         out.append({"trial": number, **{k: row[k] for k in space}, **{o: row[o] for o in objectives}})
     return pd.DataFrame(out)
