@@ -179,14 +179,19 @@ def test_non_finite_loss_in_fp16_fails_with_the_step_and_the_fp16_hint():
 
 @pytest.mark.slow
 def test_default_model_learns_the_synthetic_task_in_two_epochs():
-    result = labkit.run(store=False, progress=False, amp="off")  # defaults: full 50k split, 2 epochs
-    assert 0.60 <= result.accuracy <= 0.97
+    # Every default (width-16 cnn, batch 256, nesterov at its default lr, onecycle, flip-crop, 2 epochs) but on a
+    # quarter of the split, 50 steps an epoch, not all 50k images (82 s). Measured: 71.6-73.8% over seeds 0-2
+    # (1 and 2 threads); chance is 10%; the upper bound catches a generator made too easy.
+    result = labkit.run(store=False, progress=False, amp="off", train_size=12_800, test_size=1000)
+    assert 0.58 <= result.accuracy <= 0.90
 
 
 @pytest.mark.slow
 def test_flip_crop_beats_no_augmentation_on_a_small_training_set():
-    runs = {aug: labkit.run(store=False, progress=False, augment=aug, train_size=2000, test_size=2000, epochs=15,
-                            batch_size=64, amp="off") for aug in ("none", "flip-crop")}
-    assert runs["flip-crop"].accuracy >= runs["none"].accuracy + 0.02  # measured: +6.7 points (seed 0)
+    # 512 images seen 25 times by a half-width cnn: without augmentation it memorises them (train accuracy 100%).
+    runs = {aug: labkit.run(store=False, progress=False, augment=aug, train_size=512, test_size=1000, epochs=25,
+                            batch_size=64, width=8, amp="off") for aug in ("none", "flip-crop")}
+    # measured: +8.0 to +15.6 points (+10.6 at seed 0) over seeds 0-5 with 2 threads and 0-2 with 1
+    assert runs["flip-crop"].accuracy >= runs["none"].accuracy + 0.02
     gap = {k: r.train_accuracy - r.accuracy for k, r in runs.items()}
-    assert gap["none"] > gap["flip-crop"]  # augmentation narrows the generalisation gap
+    assert gap["none"] > gap["flip-crop"] + 0.10  # augmentation narrows the generalisation gap (measured: 20-30 points)
