@@ -12,7 +12,6 @@ contribution; the spread (standard deviation of the paired differences) says whe
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .config import KNOB, RunConfig
+from .measure import mean_and_spread
 from .store import Store
 from .techniques import TECHNIQUES
 
@@ -127,7 +127,7 @@ def ablate(config: RunConfig | dict | None = None, *, techniques: Iterable[str] 
                 if not quiet:
                     bar.write(_line(rows[-1]))
     runs = pd.DataFrame(rows)
-    return Ablation(config, runs, _table(runs, settings))
+    return Ablation(config, runs, summarise(runs, settings))
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -137,14 +137,8 @@ def _line(row: dict[str, Any]) -> str:
             f"accuracy {row['accuracy']:.1%}")
 
 
-def _spread(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _table(runs: pd.DataFrame, settings: dict[str, dict]) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, settings: Iterable[str]) -> pd.DataFrame:
+    """The Ablation's table from its runs (setting, seed, throughput, accuracy), one row per setting in order."""
     def figure(setting: str, name: str) -> dict[int, float]:
         part = runs[runs["setting"] == setting]
         return {s: (math.nan if v is None or pd.isna(v) else float(v)) for s, v in zip(part["seed"], part[name])}
@@ -154,12 +148,12 @@ def _table(runs: pd.DataFrame, settings: dict[str, dict]) -> pd.DataFrame:
         row: dict[str, Any] = {"setting": setting, "left_out": None if setting == FULL else setting[len("without "):],
                                "runs": int((runs["setting"] == setting).sum())}
         for name in ("throughput", "accuracy"):
-            row[name], row[f"{name}_std"] = _spread(list(figure(setting, name).values()))
+            row[name], row[f"{name}_std"] = mean_and_spread(list(figure(setting, name).values()))
             if setting != FULL:  # seed by seed: with the technique against without it
                 full, without = figure(FULL, name), figure(setting, name)
                 paired = [(full[s] / without[s] - 1) if name == "throughput" else (full[s] - without[s])
                           for s in full if s in without]
-                row[f"{name}_contribution"], row[f"{name}_contribution_std"] = _spread(paired)
+                row[f"{name}_contribution"], row[f"{name}_contribution_std"] = mean_and_spread(paired)
             else:
                 row[f"{name}_contribution"] = row[f"{name}_contribution_std"] = math.nan
         rows.append(row)

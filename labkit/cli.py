@@ -186,7 +186,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if args.study is None:
             raise ValueError("give --space space.json to start a study, or --study NAME (and its --storage) to join "
                              "one")
-        tuner = Tuner.joining(args.study, args.storage or _default_storage(args.db), trials=args.trials,
+        tuner = Tuner.joining(args.study, args.storage, trials=args.trials,
                               seed=args.sampler_seed, store=args.db, progress=not args.quiet, workers=args.workers)
         result = tuner.run()
         print(result.summary())
@@ -206,13 +206,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                   store=args.db, storage=args.storage, study=args.study, progress=not args.quiet)
     print(result.summary())
     return 0 if len(result.completed) else EXIT_FAILED
-
-
-def _default_storage(db: str | None) -> str:
-    from .store import Store
-    from .tuning import storage_url
-
-    return storage_url(None, Store.of(db))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

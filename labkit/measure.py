@@ -9,7 +9,9 @@ the trainer closes the interval before it and starts a new one after it.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+import statistics
+from typing import Any, Iterable
 
 
 class Meter:
@@ -74,6 +76,15 @@ class Meter:
         total = {k: sum(s[k] for s in self.segments) for k in ("timed_images", "timed_s", "data_s", "compute_s")}
         total["throughput"] = total["timed_images"] / total["timed_s"] if total["timed_s"] > 0 else None
         return total
+
+
+def mean_and_spread(values: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of the finite values; NaN when none: a figure
+    over seeds and its seed-to-seed noise."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def data_share(data_s: float, compute_s: float) -> float | None:

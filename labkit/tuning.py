@@ -251,9 +251,11 @@ class Tuner:
         self.planned: int | None = None  # trials run() will run (the grid caps them)
 
     @classmethod
-    def joining(cls, study: str, storage: str, **options: Any) -> "Tuner":
+    def joining(cls, study: str, storage: str | None = None, **options: Any) -> "Tuner":
         """One more worker for an existing labkit study: its space, fixed settings, objectives, sampler and pruner
-        come from the study itself (another machine needs only the storage URL and the study name)."""
+        come from the study itself (another machine needs only the storage URL and the study name; None: the
+        store's own file)."""
+        storage = storage_url(storage, Store.of(options.get("store")))
         try:
             meta = optuna.load_study(study_name=study, storage=open_storage(storage)).user_attrs["labkit"]
         except (KeyError, ValueError):
@@ -347,7 +349,6 @@ class Tuner:
 
     def run_trial(self) -> dict[str, Any]:
         """Ask for one configuration, train it, tell the figures; returns the trial's row."""
-
         from .dist.launch import trainer_for
         from .signals import stop_on_signals
         from .train import Controls
@@ -412,6 +413,9 @@ class Tuner:
             return f"{len(best)} on the Pareto front"
         return f"best {self.objectives[0]} {_fmt(self.objectives[0], best[0].values[0]) if best else '-'}"
 
+    def _finished_since(self, first: int) -> int:
+        return sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False)[first:])
+
     # ---- several processes ----------------------------------------------------------------------------------
     def _run_workers(self) -> "TuneResult":
         """N processes ask the same study until it holds this call's trials; a worker that dies has its trial
@@ -444,8 +448,7 @@ class Tuner:
                         log.seek(0)
                         errors.append(f"worker pid {p.pid} exited with {p.returncode}: {log.read().strip()[-600:]}")
                 fail_dead_trials(self.study, self.storage)
-                finished = [t for t in self.study.get_trials(deepcopy=False)[first:] if t.state.is_finished()]
-                bar.update(len(finished) - bar.n)
+                bar.update(self._finished_since(first) - bar.n)
                 if not alive or self._stop.is_set():
                     break
                 time.sleep(0.5)
@@ -468,8 +471,8 @@ class Tuner:
         for error in errors:
             if not self.quiet:
                 print(error, file=sys.stderr)
-        finished = [t for t in self.study.get_trials(deepcopy=False)[first:] if t.state.is_finished()]
-        status = "stopped" if self._stop.is_set() else "failed" if errors and not finished else "completed"
+        status = "stopped" if self._stop.is_set() else "failed" if errors and not self._finished_since(first) else \
+            "completed"
         return TuneResult.load(self.study_name, self.storage_url, status=status, study=self.study, errors=errors)
 
 
@@ -524,9 +527,16 @@ def trial_row(trial, objectives: tuple[str, ...]) -> dict[str, Any]:
             "error": trial.user_attrs.get("error"), "seconds": seconds}
 
 
+TRIAL_FIELDS = ("trial", "state", "run_id", "error", "seconds")  # a trial row's columns besides knobs and objectives
+
+
+def trial_knobs(row: dict[str, Any], objectives: tuple[str, ...]) -> dict[str, Any]:
+    """The knobs a trial row tried (what is neither its bookkeeping nor an objective)."""
+    return {k: v for k, v in row.items() if k not in (*TRIAL_FIELDS, *objectives)}
+
+
 def trial_line(row: dict[str, Any], objectives: tuple[str, ...]) -> str:
-    params = ", ".join(f"{k}={_short(v)}" for k, v in row.items()
-                       if k not in ("trial", "state", "run_id", "error", "seconds", *objectives))
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial_knobs(row, objectives).items())
     if row["state"] != "complete":
         return f"trial {row['trial']} {row['state']} ({params}): {row['error']}"
     return f"trial {row['trial']} ({params}): " + ", ".join(f"{o} {_fmt(o, row[o])}" for o in objectives)
@@ -585,7 +595,7 @@ class TuneResult:
 
     @staticmethod
     def empty_trials(space: Iterable[str], objectives: Iterable[str]) -> pd.DataFrame:
-        return pd.DataFrame(columns=["trial", "state", *space, *objectives, "run_id", "error", "seconds"])
+        return pd.DataFrame(columns=[*TRIAL_FIELDS[:2], *space, *objectives, *TRIAL_FIELDS[2:]])
 
     @property
     def completed(self) -> pd.DataFrame:
@@ -623,13 +633,10 @@ class TuneResult:
         """How much each knob explains the objective's variation over the completed trials (Optuna's fANOVA: a
         random forest fitted to the trials, its variance split by knob); empty with fewer than two completed
         trials or one knob. Few trials give rough shares."""
-        objective = objective or self.objectives[0]
-        if len(self.completed) < 2 or len(self.space) < 2:
-            return {}
-        index = self.objectives.index(objective)
-        finite = [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        index = self.objectives.index(objective or self.objectives[0])
+        finite = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if math.isfinite(t.values[index])]
-        if len(finite) < 2:
+        if len(finite) < 2 or len(self.space) < 2:
             return {}
         try:
             return {k: float(v) for k, v in optuna.importance.get_param_importances(

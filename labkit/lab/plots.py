@@ -233,10 +233,12 @@ _UNITS = {"accuracy": ("test accuracy", ".0%"), "throughput": ("throughput (imag
 
 
 def _trial_text(row: dict[str, Any], objectives) -> str:
-    skip = {"trial", "state", "run_id", "error", "seconds", *objectives}
+    from ..tuning import trial_knobs
+
     head = f"trial {row['trial']} ({row['state']})" + (f", run {int(row['run_id'])}" if not _missing(row.get("run_id"))
                                                         else "")
-    return "<br>".join([head, *[f"{k}={row[k]}" for k in row if k not in skip and not _missing(row[k])],
+    knobs = trial_knobs(row, tuple(objectives))
+    return "<br>".join([head, *[f"{k}={v}" for k, v in knobs.items() if not _missing(v)],
                         *([f"error: {row['error']}"] if row.get("error") else [])])
 
 
@@ -246,23 +248,20 @@ def tune_pareto_figure(trials: pd.DataFrame, objectives, front: set | None = Non
     from ..tuning import OBJECTIVES
 
     objectives = tuple(objectives)
-    done = trials[trials["state"] == "complete"] if len(trials) else trials
     x_name, y_name = (objectives[1], objectives[0]) if len(objectives) > 1 else ("trial", objectives[0])
-    if len(done) and y_name in done:
-        done = done[np.isfinite(floats(done[y_name])) & np.isfinite(floats(done[x_name]))]
-    best = done[done["trial"].isin(front or set())].sort_values(x_name) if len(done) else done
+    done = trials[trials["state"] == "complete"]
+    done = done[np.isfinite(floats(done[y_name])) & np.isfinite(floats(done[x_name]))]  # never reached: inf
+    best = done[done["trial"].isin(front or set())].sort_values(x_name)
     fig = go.Figure([
-        go.Scatter(name="trials", x=floats(done[x_name]) if len(done) else [],
-                   y=floats(done[y_name]) if len(done) else [], mode="markers", marker=dict(size=9, opacity=0.7),
-                   customdata=list(done["trial"]) if len(done) else [],
+        go.Scatter(name="trials", x=floats(done[x_name]), y=floats(done[y_name]), mode="markers",
+                   marker=dict(size=9, opacity=0.7), customdata=list(done["trial"]),
                    hovertext=[_trial_text(r, objectives) for r in done.to_dict("records")], hoverinfo="text"),
-        go.Scatter(name="Pareto front" if len(objectives) > 1 else "best", x=floats(best[x_name]) if len(best) else [],
-                   y=floats(best[y_name]) if len(best) else [],
-                   mode="lines+markers" if len(objectives) == 2 else "markers",  # 3+: a projection, no frontier
-                   # the staircase bounds what the front dominates: it turns at the trials, never past them
+        go.Scatter(name="Pareto front" if len(objectives) > 1 else "best", x=floats(best[x_name]),
+                   y=floats(best[y_name]), mode="lines+markers" if len(objectives) == 2 else "markers",  # 3+: a
+                   # projection, no frontier; the staircase bounds what the front dominates, turning at the trials
                    line=dict(dash="dash", shape="vh" if OBJECTIVES.get(x_name, ("",))[0] == "maximize" else "hv"),
-                   marker=dict(size=13, symbol="star", color="#d62728"),
-                   customdata=list(best["trial"]) if len(best) else [], hoverinfo="skip"),
+                   marker=dict(size=13, symbol="star", color="#d62728"), customdata=list(best["trial"]),
+                   hoverinfo="skip"),
     ])
     x_title, x_format = _UNITS.get(x_name, ("trial", "d"))
     y_title, y_format = _UNITS[y_name]
@@ -291,11 +290,11 @@ def tune_history_figure(trials: pd.DataFrame, objectives) -> go.Figure:
     objectives = tuple(objectives)
     fig = make_subplots(rows=len(objectives), cols=1, shared_xaxes=True, vertical_spacing=0.08)
     for i, o in enumerate(objectives, start=1):
-        values = trials[o].where(trials["state"] == "complete") if len(trials) else pd.Series(dtype=float)
-        fig.add_scatter(name=f"{o} (trial)", x=list(trials["trial"]) if len(trials) else [], y=floats(values),
-                        mode="markers", marker=dict(size=7, opacity=0.5), row=i, col=1, showlegend=False)
-        fig.add_scatter(name=f"best {o}", x=list(trials["trial"]) if len(trials) else [],
-                        y=best_so_far(values, OBJECTIVES[o][0]), mode="lines", line=dict(shape="hv"), row=i, col=1)
+        values = trials[o].where(trials["state"] == "complete")
+        fig.add_scatter(name=f"{o} (trial)", x=list(trials["trial"]), y=floats(values), mode="markers",
+                        marker=dict(size=7, opacity=0.5), row=i, col=1, showlegend=False)
+        fig.add_scatter(name=f"best {o}", x=list(trials["trial"]), y=best_so_far(values, OBJECTIVES[o][0]),
+                        mode="lines", line=dict(shape="hv"), row=i, col=1)
         fig.update_yaxes(title_text=_UNITS[o][0], tickformat=_UNITS[o][1], row=i, col=1)
     fig.update_xaxes(title_text="trial", row=len(objectives), col=1)
     fig.update_layout(**{**_LAYOUT, "height": 220 + 120 * len(objectives)}, title="Best so far, trial by trial")

@@ -115,20 +115,13 @@ class TuneLab:
         self._redraw()
 
     # ---- what it shows --------------------------------------------------------------------------------------
-    def trials(self):
-        """The trials so far, as `TuneResult.trials` has them."""
-        if self.tuner is None:
-            return TuneResult.empty_trials(self.space_names, self.objectives)
-        return self._result().trials
-
     def _redraw(self) -> None:
         with self._drawing:  # the tuning thread and the notebook's may both redraw
             self._draw()
 
-    def _draw(self) -> None:
-        result = self._result() if self.tuner is not None else None
-        trials = result.trials if result else TuneResult.empty_trials(self.space_names, self.objectives)
-        front = set(result.best["trial"]) if result else set()
+    def _draw(self) -> None:  # once a study has started
+        result = self._result()
+        trials, front = result.trials, set(result.best["trial"])
         for live, fresh in ((self.pareto_fig, plots.tune_pareto_figure(trials, self.objectives, front)),
                             (self.history_fig, plots.tune_history_figure(trials, self.objectives))):
             with live.batch_update():

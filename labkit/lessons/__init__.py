@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..measure import mean_and_spread
 from ..paths import write_atomically
 
 
@@ -190,23 +191,15 @@ def _final_loss(result) -> float:
     return float(history["loss"].iloc[-1]) if len(history) else float("nan")
 
 
-def _spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value) of the finite values; NaN when none."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _row(results: list, knob: str, value: Any) -> dict[str, Any]:
     """One table row from the runs of one setting (its seeds and repeats): the median throughput, the mean and
     spread (standard deviation over the runs) of accuracy, train accuracy and final loss, and the last run's
     other figures (sizes and FLOPs do not depend on the seed)."""
     last = results[-1]
     speeds = [r.throughput for r in results if r.throughput is not None]
-    accuracy, accuracy_std = _spread([r.accuracy for r in results])
-    train_accuracy, train_accuracy_std = _spread([r.train_accuracy for r in results])
-    final_loss, final_loss_std = _spread([_final_loss(r) for r in results])
+    accuracy, accuracy_std = mean_and_spread([r.accuracy for r in results])
+    train_accuracy, train_accuracy_std = mean_and_spread([r.train_accuracy for r in results])
+    final_loss, final_loss_std = mean_and_spread([_final_loss(r) for r in results])
     return {
         knob: value,
         "status": last.status,

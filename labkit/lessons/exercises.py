@@ -248,7 +248,7 @@ def _contribution_cases():
             ("seeds 3, 7, 11; the run without it never reached seed 11",
              runs_for([3, 7, 11], drop={("without augment", 11)}), "augment", "throughput"),
             ("one seed: no spread (0)", runs_for([0]), "pruning", "throughput")):
-        table = ablation._table(runs, {setting: {} for setting in figures}).set_index("setting")
+        table = ablation.summarise(runs, figures).set_index("setting")
         row = table.loc[f"without {technique}"]
         yield label, (runs.copy(), technique, figure), (float(row[f"{figure}_contribution"]),
                                                         float(row[f"{figure}_contribution_std"]))
