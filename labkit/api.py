@@ -23,8 +23,11 @@ def run(config: RunConfig | dict | None = None, *, store: Store | str | Path | N
     before anything trains. A run that fails (out of memory, a NaN loss) returns with status "failed" and
     its error; one interrupted (Ctrl-C, SIGINT or SIGTERM) is recorded as "stopped" with the signal named, and
     the KeyboardInterrupt (`labkit.signals.Interrupted` for a signal) goes on.
-    `store=False` records nothing. `nproc=2` trains in 2 processes started with torchrun (labkit.dist)."""
+    `store=False` records nothing; `save=True` keeps the trained weights (labkit.load_model(result.run_id)). `nproc=2` trains in 2 processes started with torchrun (labkit.dist)."""
     config = RunConfig.of(config).replace(**overrides)
+    if config.save and store is False:
+        raise ValueError("save=True with store=False: a checkpoint is filed under its run's id in the store; "
+                         "record the run (leave store out) or drop save.")
     trainer = trainer_for(config, listeners=_listeners(store, progress, listeners))
     with stop_on_signals():  # SIGTERM too ends the run as "stopped", and the store says so
         return trainer.run()

@@ -34,8 +34,9 @@ def _parser_for(allowed: Allowed) -> Callable[[str], Any]:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run configuration (RunConfig fields)")
     for knob in KNOBS:
+        switch = dict(nargs="?", const=True) if knob.allowed.parse is bool else {}  # `--save` alone means on
         group.add_argument("--" + knob.name.replace("_", "-"), dest=knob.name, default=knob.default,
-                           metavar=knob.name.upper(), type=_parser_for(knob.allowed),
+                           metavar=knob.name.upper(), type=_parser_for(knob.allowed), **switch,
                            help=f"{knob.help}; {knob.allowed.text} (default: {knob.default})")
 
 

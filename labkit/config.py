@@ -13,16 +13,16 @@ from typing import Any
 
 from .techniques import AT
 from .techniques import knobs as technique_knobs
-from .techniques.base import Allowed, Control, Knob, integer, one_of
+from .techniques.base import Allowed, Control, Knob, boolean, integer, one_of
 
 MODELS = ("cnn", "resnet18", "mobilenet_v3_small")
 NORMS = ("batch", "group")
-DATASETS = ("synthetic", "cifar10", "fashionmnist", "imagefolder:<path>")
+DATASETS = ("synthetic", "synthetic-b", "cifar10", "fashionmnist", "imagefolder:<path>")
 LOADERS = ("auto", "device", "dataloader")
 
 
 def _dataset_ok(v: Any) -> bool:
-    return isinstance(v, str) and (v in DATASETS[:3] or (v.startswith("imagefolder:") and len(v) > 12))
+    return isinstance(v, str) and (v in DATASETS[:-1] or (v.startswith("imagefolder:") and len(v) > 12))
 
 
 def _device_ok(v: Any) -> bool:
@@ -33,8 +33,9 @@ def _device_ok(v: Any) -> bool:
 
 # What to train, on what data and device: the knobs that are not a technique.
 _MODEL_KNOBS = (
-    Knob("dataset", "synthetic", "synthetic (generated, embedded), cifar10, fashionmnist or imagefolder:<path>",
-         Allowed(_dataset_ok, "one of 'synthetic', 'cifar10', 'fashionmnist', 'imagefolder:<path>'"), column=True),
+    Knob("dataset", "synthetic", "synthetic (generated, embedded; synthetic-b: 5 other classes, a second task for "
+         "transfer learning), cifar10, fashionmnist or imagefolder:<path>",
+         Allowed(_dataset_ok, "one of " + ", ".join(repr(d) for d in DATASETS)), column=True),
     Knob("model", "cnn", "cnn (small, fast; see width/depth), resnet18 or mobilenet_v3_small", one_of(*MODELS),
          column=True),
     Knob("width", 16, "cnn: channels of the first block (doubled per block)", integer(4, 1024)),
@@ -50,6 +51,8 @@ _RUN_KNOBS = (
     Knob("train_size", None, "training images (None: the whole split; else a fixed subset)",
          integer(1, optional=True)),
     Knob("test_size", None, "test images (None: the whole split; else a fixed subset)", integer(1, optional=True)),
+    Knob("save", False, "keep the trained weights: a checkpoint file beside the store, for labkit.load_model, "
+         "quantize, and other runs' teacher or init", boolean(), control=Control("toggle")),
     Knob("seed", 0, "seed for the initial weights, data order and augmentation", integer(0)),
     Knob("device", "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
          Allowed(_device_ok, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")),

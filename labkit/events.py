@@ -78,6 +78,7 @@ class EpochEnded:
 @dataclass
 class RunEnded:
     result: Any  # labkit.RunResult: status "completed", "stopped" or "failed", with the error
+    checkpoint: dict | None = None  # save=True: what the checkpoint file holds (labkit.checkpoints.payload)
     kind: str = "run_ended"
 
 
@@ -90,6 +91,7 @@ def to_message(event: Event) -> dict[str, Any]:
     values = dict(vars(event))
     if event.kind == "run_ended":
         values["result"] = event.result.to_record()
+        values.pop("checkpoint")  # tensors: rank 0's own Recorder has written them
     return values
 
 

@@ -33,15 +33,19 @@ def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16, depth: in
         c_out = width * 2 ** min(i + 1, 3)
         layers += [nn.MaxPool2d(2), *_conv_bn(c, c_out, norm), *_conv_bn(c_out, c_out, norm)]
         c = c_out
-    head = nn.Linear(c, num_classes)
-    # A small head starts from near-uniform predictions (loss about ln 10): the max-pooled features are large,
-    # and a head of the default scale on them makes overconfident first steps that slow early training. Not
-    # zero: LAMB scales each layer's step by its weight norm, and a zero layer would take raw Adam-sized steps.
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), new_head(c, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def new_head(in_features: int, num_classes: int) -> nn.Linear:
+    """A classifier that starts from near-uniform predictions (loss about ln 10): the max-pooled features are
+    large, and a head of the default scale on them makes overconfident first steps that slow early training. Not
+    zero: LAMB scales each layer's step by its weight norm, and a zero layer would take raw Adam-sized steps."""
+    head = nn.Linear(in_features, num_classes)
     with torch.no_grad():
         head.weight.mul_(0.1)
         head.bias.zero_()
-    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), head]
-    return nn.Sequential(*layers)
+    return head
 
 
 def resnet18(num_classes: int, in_channels: int = 3, norm: str = "batch") -> nn.Module:
@@ -75,6 +79,28 @@ def build(name: str, num_classes: int, in_channels: int = 3, width: int = 16, de
 def classifier(model: nn.Module) -> nn.Linear:
     """The last Linear layer: its output size is the number of classes, so pruning leaves it whole."""
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def classifier_name(model: nn.Module) -> str:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def blocks(model: nn.Module) -> list[list[str]]:
+    """The network's blocks from input to output, each a list of module names, the classifier left out: what
+    freeze counts. cnn: the stem, then one block per max-pool; resnet18: the stem, then layer1-4;
+    mobilenet_v3_small: each of `features`, then the classifier's hidden layer."""
+    if isinstance(model, torchvision.models.ResNet):
+        return [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
+    if isinstance(model, torchvision.models.MobileNetV3):
+        return [[f"features.{i}"] for i in range(len(model.features))] + [["classifier.0"]]
+    found: list[list[str]] = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.AdaptiveMaxPool2d):
+            break
+        if isinstance(child, nn.MaxPool2d) or not found:
+            found.append([])
+        found[-1].append(name)
+    return found
 
 
 def count_params(model: nn.Module) -> int:

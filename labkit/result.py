@@ -14,7 +14,8 @@ from .measure import data_share
 SUMMARY_FIELDS = ("status", "throughput", "accuracy", "train_accuracy", "time_s", "peak_memory_bytes",
                   "flops_per_image", "dense_flops_per_image", "params", "dense_params", "sparsity", "mfu",
                   "steps", "micro_steps", "compile_s", "launch_s", "loss_scale", "skipped_steps", "data_time_s",
-                  "compute_time_s", "data_share", "input_verdict", "device", "precision", "precision_native", "error")
+                  "compute_time_s", "data_share", "input_verdict", "device", "precision", "precision_native", "checkpoint",
+                  "checkpoint_bytes", "error")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class RunResult:
     precision_note: str = ""
     error: str | None = None
     run_id: int | None = None
+    checkpoint: str | None = None  # save=True: the file the store wrote (labkit.load_model(run_id) reads it)
+    checkpoint_bytes: int | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per logged point
     epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per epoch
     segments: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per knob setting

@@ -213,6 +213,19 @@ class Store:
         return pd.DataFrame([{"step": s, "time_s": t, "kind": k, **json.loads(d)} for s, t, k, d in rows],
                             columns=["step", "time_s", "kind"] if not rows else None)
 
+    def run_record(self, run_id: int) -> dict[str, Any] | None:
+        """One run's record (status, kind, configuration, info, summary, error), or None if there is none."""
+        rows = self._query("SELECT status, run_kind, config, info, summary, error FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            return None
+        status, kind, config, info, summary, error = rows[0]
+        return {"id": run_id, "status": status, "kind": kind, "config": json.loads(config), "info": json.loads(info),
+                "summary": json.loads(summary) if summary else {}, "error": error}
+
+    def checkpoint_path(self, run_id: int) -> Path:
+        """Where a run's checkpoint goes: beside the store, named after it and the run."""
+        return self.path.parent / "checkpoints" / f"{self.path.stem}-run-{run_id}.pt"
+
     def recorder(self, tags: dict[str, Any] | None = None) -> "Recorder":
         return Recorder(self, tags)
 
@@ -249,6 +262,12 @@ class Recorder:
             self._flush()
             result = event.result
             result.run_id = self.run_id
+            if event.checkpoint is not None:  # save=True: the weights go beside the store, the runs table says where
+                from . import checkpoints  # torch: only a run that saves needs it here
+
+                path = self.store.checkpoint_path(self.run_id)
+                result.checkpoint_bytes = checkpoints.write(path, event.checkpoint)
+                result.checkpoint = str(path)
             if result.error:
                 self.store.add_event(self.run_id, result.steps, result.time_s, "error", {"error": result.error})
             self.store.end_run(self.run_id, result.status, result.to_dict(), result.error)

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import data as data_mod, devices, models
+from . import checkpoints, data as data_mod, devices, models
 from .config import KNOBS, LIVE_KNOBS, RunConfig
 from .dist.ranks import Ranks
 from .events import ChangeDropped, EpochEnded, Listener, Logged, RunEnded, RunStarted, SegmentStarted
@@ -209,7 +209,7 @@ class Trainer:
         # (pruning scheduled for later starts at 0).
         start = {k: v for t in AT["start"] for k, v in t.start(config).items()}
         self.knobs = config.replace(amp=devices.resolve_amp(config.amp, self.device), **start)
-        self.loss_fn = F.cross_entropy  # (logits, targets) -> loss; replaceable (e.g. by a distillation loss)
+        self.loss_fn = F.cross_entropy  # (logits, targets) -> loss; replaceable (e.g. label smoothing)
         self.step = self.micro_steps = self.optimizer_steps = self.epoch = self.images_seen = 0
         self.meter = Meter(config.timing_warmup, config.log_every)
         self.history_rows, self.epochs_rows, self.marks, self.losses = [], [], [], []
@@ -246,8 +246,11 @@ class Trainer:
         if self.controls is not None:
             self.controls.cancel_tasks(f"the run ended ({status}) before it got to the task")
         result = self._result(status, error)
+        # save=True: the weights as the run left them (a failed run's may be NaN); the store's Recorder files them.
+        keep = self.config.save and status != "failed" and self.model is not None and self.ranks.rank == 0
+        checkpoint = checkpoints.payload(self.model, self.config, self.data) if keep else None
         self.release_memory()
-        self._emit(RunEnded(result))
+        self._emit(RunEnded(result, checkpoint))
         if failure is not None:
             raise failure
         return result
@@ -292,13 +295,22 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             with distributed.gradient_sync(self.ddp, last_micro_batch=i == len(batches) - 1):
                 with precision.autocast_context(self.device, self.knobs.amp):
-                    loss = self.loss_fn(self.train_model(x), y) / len(batches)  # the mean over the effective batch
+                    loss = self.loss(self.train_model(x), y, x) / len(batches)  # the mean over the effective batch
                 self.scaler.scale(loss).backward()  # gradients add up over the micro-batches (and DDP's ranks)
             step_loss += loss.detach()
         self.scaler.step(self.optimizer)  # skipped by fp16's GradScaler when the gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss
+
+    def loss(self, logits, y, x) -> torch.Tensor:
+        """Cross-entropy (`loss_fn`), or the loss a technique puts in its place (distillation: a teacher's soft
+        targets for the same images x)."""
+        for technique in AT["loss"]:
+            replaced = technique.loss(logits, y, x, self.knobs, self.ctx)
+            if replaced is not None:
+                return replaced
+        return self.loss_fn(logits, y)
 
     def prepare_batch(self, images, labels):
         """A uint8 batch from the pipeline -> the float batch that trains: normalised, then each technique's
@@ -492,10 +504,15 @@ class Trainer:
         self.clock = _Clock(self.device)
         self.info.update({"dataset_classes": self.data.num_classes, "train_images": len(self.train_batches),
                           "test_images": len(self.test_batches), "dense_params": self.dense_params,
-                          "dense_flops_per_image": self.dense_flops})
+                          "dense_flops_per_image": self.dense_flops, **self.ctx.info})
 
     def param_groups(self) -> list[dict]:
-        """The optimizer's parameter groups: one, at the peak lr (a group's "lr_scale" would scale it)."""
+        """The optimizer's parameter groups: a technique's (transfer: pre-trained layers at a scaled lr, frozen
+        ones left out), else one group of every parameter at the peak lr."""
+        for technique in AT["param_groups"]:
+            groups = technique.param_groups(self.model, self.knobs, self.ctx)
+            if groups is not None:
+                return groups
         return [{"params": list(self.model.parameters())}]
 
     def _build_optimizer(self) -> None:

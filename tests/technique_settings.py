@@ -4,10 +4,27 @@ runs the standard checks on each entry; a registered technique without an entry 
 """
 import pytest
 
+_saved: dict[str, str] = {}
+
+
+def saved_checkpoint() -> str:
+    """The checkpoint of a tiny run kept with save=True, trained once per session: a teacher, or an init."""
+    if "path" not in _saved:
+        import labkit
+
+        result = labkit.run(train_size=256, test_size=64, epochs=1, batch_size=32, save=True, progress=False)
+        _saved["path"] = result.checkpoint
+    return _saved["path"]
+
+
+# A value may be a function: called when the test runs (a checkpoint to start from is trained then).
 SETTINGS = {
     "precision": dict(config={"amp": "bf16"}, live={"amp": "bf16"}),
     "grad_accum": dict(config={"grad_accum": 2}, live={"grad_accum": 2}),
     "augment": dict(config={"augment": "cutmix"}, live={"augment": "mixup"}),
+    "transfer": dict(config={"init": saved_checkpoint, "freeze": "backbone", "pretrained_lr_scale": 0.5},
+                     live={"freeze": 1}),
+    "distillation": dict(config={"teacher": saved_checkpoint, "kd_alpha": 0.7}, live={"kd_alpha": 0.9}),
     "pruning": dict(config={"prune": 0.5, "prune_method": "channels", "prune_at": 0.0}, live={"prune": 0.5}),
     "optimizer": dict(config={"optimizer": "adafactor"}, live={"optimizer": "adafactor"}),
     "schedule": dict(config={"schedule": "cosine"}, live={"schedule": "step"}),

@@ -28,8 +28,9 @@ def test_knob_names_are_unique_and_declared_once():
 @pytest.mark.parametrize("technique, settings", params())
 def test_completes_is_deterministic_and_is_stored_and_shown(technique, settings, tmp_path, capsys):
     store = Store(tmp_path / "runs.db")
-    first = labkit.run(**TINY, progress=False, **settings["config"], store=store)
-    second = labkit.run(**TINY, progress=False, **settings["config"], store=False)
+    config = {k: v() if callable(v) else v for k, v in settings["config"].items()}
+    first = labkit.run(**TINY, progress=False, **config, store=store)
+    second = labkit.run(**TINY, progress=False, **config, store=False)
     assert first.status == "completed", first.error
     assert first.steps == 256 // (32 * first.config.grad_accum)
     assert all(math.isfinite(v) for v in first.history["loss"]) and 0.0 <= first.accuracy <= 1.0
@@ -37,7 +38,7 @@ def test_completes_is_deterministic_and_is_stored_and_shown(technique, settings,
     assert first.accuracy == second.accuracy
 
     stored = store.runs().iloc[-1]
-    for name, value in settings["config"].items():
+    for name, value in config.items():
         assert stored[name] == value, name
     shown = [k for k in technique.names if k in COLUMNS]
     cli.main(["runs", "--db", str(store.path)])

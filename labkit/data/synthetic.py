@@ -1,4 +1,8 @@
-"""The embedded dataset: 10 classes of 32x32 RGB images, generated deterministically, no download.
+"""The embedded datasets: 32x32 RGB images of blob-shaped classes, generated deterministically, no download.
+
+`synthetic` has 10 classes. `synthetic-b` is a second task for transfer learning: 5 other classes, drawn from
+another seed, in the same kind of images (backgrounds, distractors, noise), so features learned on one help on
+the other the way ImageNet features help on a smaller photo dataset.
 
 Each class is a coloured blob shape with 8 variants. An image shows one variant near the centre, shifted and
 mirrored at random, on a smooth random background, with a fainter object of another class anywhere, brightness
@@ -15,8 +19,11 @@ from ..techniques.augment import crop_at
 VERSION = 2  # bump when the generator changes, so stale caches are not reused
 CLASSES = ("blot", "comet", "crescent", "dumbbell", "fork", "hook", "kite", "ring", "spiral", "wedge")
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
+CLASSES_B = ("arc", "bean", "claw", "drop", "leaf")
+# dataset name -> (its classes, the seed that draws their shapes and colours, train and test sizes)
+TASKS = {"synthetic": (CLASSES, 20261122, TRAIN_SIZE, TEST_SIZE),
+         "synthetic-b": (CLASSES_B, 20261124, 10_000, 2_000)}
 IMAGE, OBJECT, VARIANTS = 32, 16, 8
-_WORLD_SEED = 20261122  # fixes the classes; train and test images are then drawn with their own seeds
 # Difficulty, tuned so that the default CNN reaches 80-90% in 2 epochs on the full split (72-74% on a quarter of it,
 # which tests/test_train.py checks), and on 2,000 training images flip-crop augmentation beats none by 3-7 points
 # (on 512 images seen 25 times by a width-8 cnn, 8-16 points: tests/test_train.py checks it).
@@ -33,9 +40,8 @@ def _smooth_noise(n: int, channels: int, low: int, size: int, gen: torch.Generat
     return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
 
 
-def _class_objects(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(colour, alpha) per class variant: shapes (10, VARIANTS, 3, 16, 16) and (10, VARIANTS, 1, 16, 16)."""
-    k = len(CLASSES)
+def _class_objects(k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(colour, alpha) per class variant: shapes (k, VARIANTS, 3, 16, 16) and (k, VARIANTS, 1, 16, 16)."""
     base_shape = _smooth_noise(k, 1, 5, OBJECT, gen)
     variant_shape = _smooth_noise(k * VARIANTS, 1, 5, OBJECT, gen).view(k, VARIANTS, 1, OBJECT, OBJECT)
     shape = (1 - VARIANT_SHARE) * base_shape[:, None] + VARIANT_SHARE * variant_shape
@@ -63,10 +69,11 @@ def _paste(canvas, colour, alpha, gen, strength, shift):
     return canvas * (1 - placed_alpha) + placed_colour * placed_alpha
 
 
-def generate(n: int, seed: int, chunk: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` images as uint8 (n, 3, 32, 32) and their labels (n,), the same for the same seed."""
-    colour, alpha = _class_objects(torch.Generator().manual_seed(_WORLD_SEED))
-    k = len(CLASSES)
+def generate(n: int, seed: int, chunk: int = 5000, task: str = "synthetic") -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` images of `task` as uint8 (n, 3, 32, 32) and their labels (n,), the same for the same seed."""
+    classes, world_seed = TASKS[task][:2]  # the world seed fixes the classes; the images come from `seed`
+    k = len(classes)
+    colour, alpha = _class_objects(k, torch.Generator().manual_seed(world_seed))
     gen = torch.Generator().manual_seed(seed)
     images, labels = [], []
     for start in range(0, n, chunk):
@@ -88,9 +95,10 @@ def generate(n: int, seed: int, chunk: int = 5000) -> tuple[torch.Tensor, torch.
     return torch.cat(images), torch.cat(labels)
 
 
-def train_and_test(train_seed: int = 1, test_seed: int = 2):
-    """The standard split: 50,000 training and 10,000 test images."""
-    return generate(TRAIN_SIZE, train_seed), generate(TEST_SIZE, test_seed)
+def train_and_test(task: str = "synthetic", train_seed: int = 1, test_seed: int = 2):
+    """A task's standard split (synthetic: 50,000 training and 10,000 test images; synthetic-b: 10,000 and 2,000)."""
+    _, _, train_size, test_size = TASKS[task]
+    return generate(train_size, train_seed, task=task), generate(test_size, test_seed, task=task)
 
 
 JPEG_QUALITY = 90

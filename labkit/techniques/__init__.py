@@ -7,8 +7,8 @@ RunConfig's fields, validation and CLI flags, the panel's controls, the README's
 """
 from __future__ import annotations
 
-from . import (augment, channels_last, data_loading, distributed, grad_accum, optimizers, precision, pruning,
-               schedule, torch_compile)
+from . import (augment, channels_last, data_loading, distillation, distributed, grad_accum, optimizers, precision,
+               pruning, schedule, torch_compile, transfer)
 from .base import POINTS, Context, Knob, Technique
 
 # The order is the order of the knobs in RunConfig and of the calls at each named point of the step.
@@ -16,6 +16,8 @@ TECHNIQUES: tuple[Technique, ...] = (
     precision.TECHNIQUE,
     grad_accum.TECHNIQUE,
     augment.TECHNIQUE,
+    transfer.TECHNIQUE,  # before pruning and channels_last: the loaded weights are what they change
+    distillation.TECHNIQUE,
     pruning.TECHNIQUE,
     optimizers.TECHNIQUE,
     schedule.TECHNIQUE,

@@ -7,6 +7,10 @@ The named points, in the order the trainer calls them (see labkit.train):
     setup(model, knobs, ctx)           the raw model, once built (e.g. to channels_last, pruned at step 0)
     wrap(model, knobs)                 -> the model that trains (e.g. torch.compile); the raw model is kept
     batch(x, y, knobs, ctx)            -> (x, y): a normalised float batch before the forward pass
+    loss(logits, y, x, knobs, ctx)     -> the training loss in place of cross-entropy (e.g. a teacher's soft
+                                          targets), or None; called inside the step's autocast
+    param_groups(model, knobs, ctx)    -> the optimizer's parameter groups (e.g. a smaller lr for pre-trained
+                                          layers, frozen ones left out), or None; each time the optimizer is built
     due(progress, config, knobs)       -> knob changes due now (e.g. scheduled pruning)
     observe(loss, knobs, ctx)          -> knob changes, after each logged point (e.g. plateau lowers the lr)
     check_change(old, new)             -> None, or why a mid-run change is refused
@@ -19,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-POINTS = ("start", "setup", "wrap", "batch", "due", "observe", "check_change", "change", "check")
+POINTS = ("start", "setup", "wrap", "batch", "loss", "param_groups", "due", "observe", "check_change", "change", "check")
 
 @dataclass(frozen=True)
 class Allowed:
@@ -55,6 +59,19 @@ def number(low: float, high: float, high_open: bool = False, optional: bool = Fa
         return low <= v and (v < high if high_open else v <= high)
     text = f"a number in [{low}, {high}{')' if high_open else ']'}" + (" or None" if optional else "")
     return Allowed(check, text, float, optional, low=low, high=high)
+
+
+def _run_or_path(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def run_or_path() -> Allowed:
+    """A stored run's id (an integer) or the path of a weights file; None for none."""
+    def check(v: Any) -> bool:
+        if v is None:
+            return True
+        return (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and bool(v))
+    return Allowed(check, "None, a run id (an integer >= 1) or a weights file's path", _run_or_path, optional=True)
 
 
 def boolean() -> Allowed:
@@ -98,6 +115,8 @@ class Technique:
     setup: Callable | None = None
     wrap: Callable | None = None
     batch: Callable | None = None
+    loss: Callable | None = None
+    param_groups: Callable | None = None
     due: Callable | None = None
     observe: Callable | None = None
     check_change: Callable | None = None
@@ -120,3 +139,4 @@ class Context:
     example_input: Any  # a zero image batch of one, on the device
     gen: Any  # the run's torch.Generator (data order and augmentation)
     state: dict = field(default_factory=dict)  # what a technique remembers during the run, under its name
+    info: dict = field(default_factory=dict)  # what a technique's set-up found, recorded with the run's info
