@@ -27,6 +27,7 @@ _EXPORTS = {
     "TuneLab": ("lab.tune_panel", "TuneLab"),
     "ablate": ("ablation", "ablate"),
     "record": ("lessons", "record"),
+    "compare": ("lessons", "compare"),
     "load_model": ("checkpoints", "load_model"),
     "plots": ("lab.plots", None),
     "synthetic": ("data.synthetic", None),

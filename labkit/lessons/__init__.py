@@ -258,6 +258,17 @@ def sweep(knob: str, values: Iterable[Any], *, seeds: Iterable[int] | None = Non
     return table, {label: rs[-1] for label, rs in runs.items()}
 
 
+def compare(settings: dict[Any, dict[str, Any]], *, seeds: Iterable[int] = (0, 1, 2), store: Any = None,
+            quiet: bool = False, **config: Any) -> pd.DataFrame:
+    """Several settings side by side over several seeds: one row per label, with the mean and spread of accuracy
+    over the seeds and the median throughput (sweep's table, its knob column named "setting"). One run cannot
+    show a gain smaller than the seed-to-seed spread; `difference(table, "setting", a, b)` says which it is.
+
+        labkit.compare({"alone": {}, "taught": {"teacher": 12}}, seeds=range(5), width=8)"""
+    table, _ = sweep("setting", settings, seeds=seeds, store=store, quiet=quiet, **config)
+    return table
+
+
 def difference(table: pd.DataFrame, knob: str, a: Any, b: Any, figure: str = "accuracy") -> str:
     """One sentence: is `figure` of setting `b` above `a` by more than the runs' spread, or within the noise?
 
