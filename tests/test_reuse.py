@@ -3,6 +3,7 @@ distillation (teacher) and transfer learning (init, freeze, pretrained_lr_scale)
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -107,6 +108,20 @@ def test_missing_and_unsaved_checkpoints_are_refused_with_the_fix(tmp_path):
     assert failed.status == "failed" and failed.checkpoint is None
     with pytest.raises(checkpoints.CheckpointError, match="ended 'failed'"):
         labkit.load_model(failed.run_id)
+
+
+def test_a_live_run_stopped_mid_way_keeps_what_it_learned():
+    live = labkit.LiveRun(tiny_config(epochs=50, log_every=2, save=True)).start()
+    try:
+        wait_until = time.monotonic() + 60
+        while live.step < 4 and live.running and time.monotonic() < wait_until:
+            time.sleep(0.05)
+    finally:
+        live.stop()
+    result = live.wait(60)
+    assert result.status == "stopped" and result.steps < 50 * 8
+    assert os.path.getsize(result.checkpoint) == result.checkpoint_bytes > 0
+    assert labkit.runs().iloc[-1]["checkpoint"] == result.checkpoint
 
 
 def test_the_cli_saves_and_trains_from_a_checkpoint(capsys):
