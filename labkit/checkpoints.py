@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 
 from . import models
 from .config import RunConfig
+from .paths import write_atomically
 
 FORMAT = "labkit-checkpoint/1"
 # Each layer type's sizes: what channel pruning changes and a rebuilt model must take back.
@@ -63,12 +63,7 @@ def payload(model: nn.Module, config: RunConfig, data) -> dict[str, Any]:
 
 def write(path: str | os.PathLike, content: dict[str, Any]) -> int:
     """Save atomically (a temporary file renamed into place: never half a checkpoint); returns its bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
-        torch.save(content, tmp)
-    os.replace(tmp.name, path)
-    return path.stat().st_size
+    return write_atomically(path, lambda file: torch.save(content, file)).stat().st_size
 
 
 def read_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -266,8 +266,12 @@ class Recorder:
                 from . import checkpoints  # torch: only a run that saves needs it here
 
                 path = self.store.checkpoint_path(self.run_id)
-                result.checkpoint_bytes = checkpoints.write(path, event.checkpoint)
-                result.checkpoint = str(path)
+                try:
+                    result.checkpoint_bytes = checkpoints.write(path, event.checkpoint)
+                    result.checkpoint = str(path)
+                except OSError as exc:  # a full disk: the run and its figures are still recorded
+                    self.store.add_event(self.run_id, result.steps, result.time_s, "error",
+                                         {"error": f"checkpoint not saved to {path}: {exc}"})
             if result.error:
                 self.store.add_event(self.run_id, result.steps, result.time_s, "error", {"error": result.error})
             self.store.end_run(self.run_id, result.status, result.to_dict(), result.error)

@@ -110,6 +110,15 @@ def test_missing_and_unsaved_checkpoints_are_refused_with_the_fix(tmp_path):
         labkit.load_model(failed.run_id)
 
 
+def test_a_checkpoint_that_cannot_be_written_loses_nothing_else():
+    (Store().path.parent / "checkpoints").write_text("a file where the folder should be")
+    result = labkit.run(**TINY, save=True)
+    assert result.status == "completed" and result.checkpoint is None
+    stored = labkit.runs().iloc[-1]
+    assert stored["status"] == "completed" and stored["accuracy"] == result.accuracy
+    assert "checkpoint not saved" in Store().events(result.run_id)["error"].dropna().iloc[-1]
+
+
 def test_a_live_run_stopped_mid_way_keeps_what_it_learned():
     live = labkit.LiveRun(tiny_config(epochs=50, log_every=2, save=True)).start()
     try:
