@@ -6,7 +6,7 @@ weights, say) loads every tensor whose name and shape match, and the run's info 
 classes differ, the classifier is replaced by a fresh one. `freeze` stops the gradients of the early layers:
 a frozen layer's weights stay as loaded (its batch-norm statistics still follow the new data), its backward
 pass for the weights is skipped, and with the whole backbone frozen backward stops at the head, so steps are
-cheaper. `pretrained_lr_scale` trains the loaded layers at a fraction of the peak lr (one optimizer group each),
+cheaper (MFU still counts 3x the forward FLOPs per image, so it overstates a frozen run's utilisation). `pretrained_lr_scale` trains the loaded layers at a fraction of the peak lr (one optimizer group each),
 so a fine-tune nudges them instead of overwriting them. Pretrain on one task, fine-tune on a small share of
 another: `dataset="synthetic-b"` is a second task of 5 other classes made for that.
 """
