@@ -29,6 +29,8 @@ _EXPORTS = {
     "record": ("lessons", "record"),
     "compare": ("lessons", "compare"),
     "load_model": ("checkpoints", "load_model"),
+    "quantize": ("quantization", "quantize"),
+    "QuantizeResult": ("quantization", "QuantizeResult"),
     "plots": ("lab.plots", None),
     "synthetic": ("data.synthetic", None),
 }

@@ -6,7 +6,7 @@ import sys
 from typing import Any, Callable
 
 from .config import COLUMNS, KNOBS, RunConfig, field_names
-from .techniques.base import Allowed
+from .techniques.base import Allowed, run_or_path
 from .signals import exit_code, stop_on_signals
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs_p.add_argument("--last", type=int, default=20, help="show the last N runs (0: all)")
     runs_p.add_argument("--status", choices=["running", "completed", "failed", "stopped", "interrupted"], default=None)
     runs_p.add_argument("--study", default=None, help="only the trials of this tuning study (labkit tune)")
-    runs_p.add_argument("--kind", choices=["train", "find_lr", "find_batch_size"], default="train",
-                        help="training runs, or the finders' records")
+    runs_p.add_argument("--kind", choices=["train", "find_lr", "find_batch_size", "quantize"], default="train",
+                        help="training runs, the finders' records, or quantize evaluations")
 
     lr_p = sub.add_parser("find-lr", help="LR range test: sweep the lr over ~100 steps, print the suggestions",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -102,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--study", default=None, help="study name; an existing study is continued")
     _add_config_flags(tune_p)
     _add_store_flags(tune_p)
+
+    q_p = sub.add_parser("quantize", help="int8 post-training quantization of a saved run, measured against fp32 "
+                         "and bf16: accuracy, size, latency", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q_p.add_argument("source", type=run_or_path().parse, metavar="RUN_ID",
+                     help="a run trained with --save (or a checkpoint file's path)")
+    q_p.add_argument("--method", choices=["static", "dynamic"], default="static",
+                     help="static: int8 convolutions and Linear layers, calibrated (PT2E); dynamic: int8 Linear "
+                          "layers, activations scaled per call (torchao)")
+    q_p.add_argument("--calibration-batches", type=int, default=10, help="training batches run to calibrate (static)")
+    q_p.add_argument("--batch-size", type=int, default=64, help="images per calibration batch")
+    q_p.add_argument("--large-batch", type=int, default=256, help="the batch size timed besides batch 1")
+    q_p.add_argument("--repeats", type=int, default=20, help="timed calls per latency (the median is reported)")
+    q_p.add_argument("--test-size", type=int, default=None, help="test images for accuracy (default: the run's)")
+    q_p.add_argument("--no-compile", action="store_true",
+                     help="measure eager models (static int8 then runs its slow reference graph)")
+    q_p.add_argument("--plot", metavar="FILE.html", default=None, help="also write the figure as a Plotly page")
+    _add_store_flags(q_p)
 
     sub.add_parser("knobs", help="print the table of knobs (Markdown): defaults, allowed values, mid-run changes")
 
@@ -209,6 +226,23 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0 if len(result.completed) else EXIT_FAILED
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .quantization import QuantizationError, quantize
+
+    try:
+        result = quantize(args.source, method=args.method, calibration_batches=args.calibration_batches,
+                          batch_size=args.batch_size, large_batch=args.large_batch, repeats=args.repeats,
+                          test_size=args.test_size, compile=not args.no_compile, store=args.db,
+                          record=not args.no_store, progress=not args.quiet)
+    except (CheckpointError, QuantizationError) as exc:  # nothing to measure: the run failed, not its flags
+        print(f"labkit: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(result.summary())
+    _write_plot(result, args.plot)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .api import run  # torch loads here, not for --help
 
@@ -283,6 +317,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _found(summary: dict) -> str:
+    if "table" in summary:  # a quantize evaluation: each variant's accuracy and size
+        return f"run {summary.get('source_run')}, {summary.get('method')}: " + ", ".join(
+            f"{row['variant']} {row['accuracy']:.1%} {row['size_bytes'] / 1024:,.0f} KiB" for row in summary["table"])
     if "suggestions" in summary:
         return ", ".join(f"{k} {v:.3g}" for k, v in summary["suggestions"].items()) or "no suggestion"
     return f"batch_size {summary.get('recommended')} (largest that fits {summary.get('largest_that_fits')})"
@@ -327,7 +364,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "knobs": _cmd_knobs, "notebooks": _cmd_notebooks,
             "find-lr": _cmd_find_lr, "tune": _cmd_tune, "find-batch-size": _cmd_find_batch_size,
-            "doctor": _cmd_doctor, "export": _cmd_export, "report": _cmd_report}
+            "doctor": _cmd_doctor, "export": _cmd_export, "report": _cmd_report, "quantize": _cmd_quantize}
 
 
 def main(argv: list[str] | None = None) -> int:

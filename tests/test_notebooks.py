@@ -42,6 +42,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
 HANDS_ON = ["01_mixed_precision", "02_batch_size", "03_augmentation", "04_pruning", "05_optimizers",
             "06_compile_and_memory_format", "07_gradient_accumulation", "08_lr_schedules", "09_data_loading",
+            "10_quantization", "11_distillation",
             "12_transfer_learning", "13_auto_tuning", "14_ablation", "15_distributed"]
 CI_FILE = ROOT / "tests" / "notebook_ci.json"
 SANITIZER = ROOT / "tests" / "nbval_sanitize.cfg"

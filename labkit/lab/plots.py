@@ -323,3 +323,30 @@ def ablation_figure(table: pd.DataFrame) -> go.Figure:
                     name=figure, showlegend=False, row=1, col=col)
     fig.update_layout(**{**_LAYOUT, "height": 340}, title="What each technique contributes (mean over seeds, +-1 std)")
     return fig
+
+
+# ---- quantization --------------------------------------------------------------------------------------------
+_VARIANT_COLORS = {"fp32": "#1f77b4", "bf16": "#ff7f0e", "int8": "#2ca02c"}
+
+
+def quantization_figure(table: pd.DataFrame, title: str = "fp32, bf16 and int8 on the same test set",
+                        large_batch: int | None = None) -> go.Figure:
+    """labkit.quantize's variants side by side, one panel per figure: test accuracy (higher is better), size on
+    disk, and latency at batch 1 and at the large batch (ms per batch; lower is better). A variant measured eager
+    while others were compiled is labelled so: its latency is not comparable."""
+    from plotly.subplots import make_subplots
+
+    large = f"batch {large_batch}" if large_batch else "the large batch"
+    panels = (("accuracy", "test accuracy (%)", 100.0), ("size_bytes", "size on disk (KiB)", 1 / 1024),
+              ("latency_ms_b1", "latency at batch 1 (ms)", 1.0), ("latency_ms_large", f"latency at {large} (ms)", 1.0))
+    eager_among_compiled = table["compiled"].any() and not table["compiled"].all()
+    names = [f"{v} (eager)" if eager_among_compiled and not compiled else v
+             for v, compiled in zip(table["variant"], table["compiled"])]
+    colors = [_VARIANT_COLORS.get(v, "#7f7f7f") for v in table["variant"]]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[label for _, label, _ in panels])
+    for col, (column, label, scale) in enumerate(panels, start=1):
+        values = floats(table[column]) * scale
+        fig.add_bar(x=names, y=values, marker_color=colors, text=[f"{v:.3g}" for v in values], textposition="auto",
+                    name=label, showlegend=False, row=1, col=col)
+    fig.update_layout(**{**_LAYOUT, "height": 340}, title=title)
+    return fig

@@ -493,6 +493,89 @@ REFERENCES["tuning"] = [
      "source": "Cawley & Talbot 2010, 'On Over-fitting in Model Selection and Subsequent Selection Bias in "
                "Performance Evaluation' (JMLR 11)"},
 ]
+REFERENCES["quantization"] = [
+    {"result": "8-bit post-training quantization, weights per channel and activations per layer: classification "
+               "accuracy within 2% of floating point for a wide variety of CNNs; 8-bit weights make models 4x "
+               "smaller, even where 8-bit arithmetic is not supported; quantized implementations 2x-3x faster than "
+               "floating point on CPUs, up to 10x on DSPs with fixed-point SIMD (Qualcomm Hexagon HVX)",
+     "hardware": "mobile CPUs and DSPs (TensorFlow Lite)",
+     "source": "Krishnamoorthi 2018, 'Quantizing deep convolutional networks for efficient inference: A whitepaper' "
+               "(arXiv 1806.08342)"},
+    {"result": "8-bit weights and activations with integer-only arithmetic: close to 4x smaller memory footprint, and "
+               "a better latency-accuracy trade-off than floating point even for MobileNets, on ImageNet "
+               "classification and COCO detection", "hardware": "ARM CPUs of phones",
+     "source": "Jacob et al. 2018, 'Quantization and Training of Neural Networks for Efficient "
+               "Integer-Arithmetic-Only Inference' (CVPR)"},
+    {"result": "int8 gives a 4x reduction in model size and in memory bandwidth; hardware support for int8 "
+               "computation is typically 2 to 4 times faster than fp32", "hardware": "CPUs with int8 support",
+     "source": "PyTorch documentation, 'Quantization'"},
+    {"result": "the x86 quantization backend (oneDNN and FBGEMM): int8 inference 2.97x faster than fp32, geometric "
+               "mean over 69 models, at batch 1 on 4 cores per instance (the older FBGEMM backend: 1.43x)",
+     "hardware": "4th Gen Intel Xeon Scalable with AMX (AWS r7iz.metal-16xl)",
+     "source": "Gong & Xia 2023, 'Accelerate PyTorch INT8 Inference with New X86 Quantization Backend on X86 "
+               "CPUs' (Intel / PyTorch)"},
+    {"result": "int8 slower than fp32: a model quantized by following PyTorch's tutorial 'PyTorch 2 Export "
+               "Quantization with X86 Backend through Inductor' ran significantly slower than before quantization",
+     "hardware": "x86 CPU", "source": "pytorch/pytorch#144434 (2025)"},
+    {"result": "BERT quantized with torchao's dynamic int8 (Int8DynamicActivationInt8WeightConfig) ran slower than "
+               "the fp32 model on a CPU, at the same accuracy; torchao's dynamic int8 is also reported noticeably "
+               "slower than the older torch.ao quantize_dynamic()", "hardware": "CPU",
+     "source": "pytorch/ao#3157 (2025); pytorch/ao#4365 (2026, open)"},
+]
+REFERENCES["distillation"] = [
+    {"result": "MNIST: a net of two hidden layers of 800 ReLUs trained alone made 146 test errors; the same net also "
+               "matching the soft targets of a large net (2 x 1200 units, dropout, jittered images: 67 errors) at "
+               "temperature 20 made 74", "hardware": "MNIST, fully connected nets",
+     "source": "Hinton, Vinyals & Dean 2015, 'Distilling the Knowledge in a Neural Network' (arXiv 1503.02531)"},
+    {"result": "speech: one model 58.9% test frame accuracy (WER 10.9%), an ensemble of 10 61.1% (10.7%), one model "
+               "distilled from the ensemble 60.8% (10.7%): more than 80% of the ensemble's gain in one model",
+     "hardware": "acoustic model of a commercial speech system",
+     "source": "Hinton, Vinyals & Dean 2015 (Table 1)"},
+    {"result": "soft targets as a regulariser: trained on 3% of the speech data, hard labels reached 44.5% test frame "
+               "accuracy (stopped early, it overfits), soft targets 57.0%, against 58.9% with all the data",
+     "hardware": "the same speech model", "source": "Hinton, Vinyals & Dean 2015 (Table 5)"},
+    {"result": "DistilBERT: 40% smaller than BERT-base and 60% faster, retaining 97% of its language understanding",
+     "hardware": "GLUE benchmark; speed at inference",
+     "source": "Sanh, Debut, Chaumond & Wolf 2019, 'DistilBERT, a distilled version of BERT' (arXiv 1910.01108)"},
+    {"result": "DeiT: a distillation token learning from a RegNetY-16GF convnet teacher (82.9%) raised ImageNet top-1 "
+               "from 81.8% to 83.4% (DeiT-B) and from 72.2% to 74.5% (DeiT-Ti): the student beat its teacher",
+     "hardware": "ImageNet, 300 epochs", "source": "Touvron et al. 2021, 'Training data-efficient image transformers "
+                                                    "& distillation through attention' (ICML); facebookresearch/deit"},
+    {"result": "a good teacher is patient and consistent: teacher and student see the same augmented view, and the "
+               "student trains far longer than supervised training would (no overfitting even at a million epochs "
+               "on small data sets); a ResNet-50 distilled this way reached 82.8% ImageNet top-1",
+     "hardware": "ImageNet and smaller vision data sets",
+     "source": "Beyer et al. 2022, 'Knowledge distillation: A good teacher is patient and consistent' (CVPR)"},
+]
+REFERENCES["transfer_learning"] = [
+    {"result": "features go from general (first layer: Gabor filters and colour blobs) to specific (last layers); "
+               "transferability falls as the base and target tasks grow apart, yet features from a distant task "
+               "beat random ones; freezing a network split between co-adapted middle layers costs accuracy "
+               "(fragile co-adaptation), and transferred features that are fine-tuned leave a boost to "
+               "generalisation that lingers", "hardware": "ImageNet split into two tasks of 500 classes, an "
+                                                          "AlexNet-style network",
+     "source": "Yosinski, Clune, Bengio & Lipson 2014, 'How transferable are features in deep neural networks?' "
+               "(NeurIPS)"},
+    {"result": "16 ImageNet networks on 12 image classification data sets: ImageNet accuracy predicts transfer "
+               "accuracy, r = 0.99 used as fixed feature extractors and r = 0.96 fine-tuned; on two small "
+               "fine-grained data sets ImageNet pretraining gave minimal benefit", "hardware": "16 networks, 12 "
+                                                                                        "data sets",
+     "source": "Kornblith, Shlens & Le 2019, 'Do Better ImageNet Models Transfer Better?' (CVPR)"},
+    {"result": "Mask R-CNN trained from random initialization was no worse than with ImageNet pre-training, given "
+               "more iterations, down to 10% of COCO (10k images); pre-training speeds up convergence early but "
+               "does not necessarily regularise or improve final accuracy, and helps against overfitting only in a "
+               "very small data regime; 50.9 AP on COCO with no external data",
+     "hardware": "COCO detection and segmentation, GPUs",
+     "source": "He, Girshick & Dollar 2019, 'Rethinking ImageNet Pre-training' (ICCV)"},
+    {"result": "ResNet-18 pretrained on ImageNet, trained on about 120 images each of ants and bees: as a fixed "
+               "feature extractor (only the new last layer trains) it takes about half the time on a CPU, since "
+               "gradients are not computed for most of the network; the forward pass still is",
+     "hardware": "CPU", "source": "PyTorch tutorials, 'Transfer Learning for Computer Vision' (Chilamkurthy)"},
+    {"result": "networks pre-trained on entirely random labels train faster downstream than from scratch (their "
+               "first layers align with the data's principal components); specialisation of later layers can hide "
+               "this positive transfer", "hardware": "VGG16, ResNet18 on CIFAR10 and ImageNet",
+     "source": "Maennel et al. 2020, 'What Do Neural Networks Learn When Trained With Random Labels?' (NeurIPS)"},
+]
 
 
 def reference(topic: str, mine: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -194,6 +194,55 @@ def _data_wait_cases():
         yield label, (marks,), (share, kind)
 
 
+# ---- lesson 10: symmetric int8 quantization of a weight ----------------------------------------------------------
+def _int8_cases():
+    """Weights quantized to symmetric int8 (-127..127, zero point 0), one scale per tensor or per output channel:
+    the integers and scales from torchao's own primitives (choose_qparams_affine, quantize_affine), the library
+    labkit.quantize builds on."""
+    import logging
+
+    log = logging.getLogger("torch.utils._pytree")  # torchao's import warns about torch's API, not about this
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
+    finally:
+        log.setLevel(level)
+
+    def reference(w, per_channel):
+        block = (1, *w.shape[1:]) if per_channel else tuple(w.shape)
+        scale, zero = choose_qparams_affine(w, MappingType.SYMMETRIC, block, torch.int8, -127, 127,
+                                            eps=torch.finfo(torch.float32).eps)
+        return quantize_affine(w, block, scale, zero, torch.int8, -127, 127), scale.reshape(-1)
+
+    gen = torch.Generator().manual_seed(10)
+    conv = torch.randn(16, 3, 3, 3, generator=gen) * 0.2 * torch.rand(16, 1, 1, 1, generator=gen)
+    head = torch.randn(10, 256, generator=gen) * 0.05
+    outlier = torch.randn(8, 32, generator=gen) * 0.1
+    outlier[2, 5] = 5.0  # one weight 50x the typical size
+    pruned = torch.randn(12, 4, 3, 3, generator=gen) * 0.1
+    pruned[7] = 0.0  # an output channel removed by magnitude pruning
+    ties = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 0.0])  # scale 1: exactly halfway
+    for label, w, per_channel in (
+            ("a conv weight (16, 3, 3, 3), one scale for the whole tensor", conv, False),
+            ("the same conv weight, one scale per output channel", conv, True),
+            ("a Linear head (10, 256), one scale per output channel", head, True),
+            ("one weight 50x the others, one scale for the tensor: the rest round to a few levels", outlier, False),
+            ("the same weights per channel: the outlier coarsens only its own channel", outlier, True),
+            ("an all-zero (pruned) output channel: its scale is eps, its integers 0", pruned, True),
+            ("values exactly halfway between two levels: round half to even, as torch.round", ties, False)):
+        yield label, (w.clone(), per_channel), reference(w, per_channel)
+
+
+def _run_int8(student):
+    def run(w, per_channel):
+        q, scale = student(w, per_channel)
+        if not isinstance(q, torch.Tensor) or q.dtype != torch.int8:
+            raise TypeError(f"q should be a torch.int8 tensor (1 byte per weight), not {_describe(q)}")
+        return q, torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    return run
+
+
 # ---- lesson 15: what a ring all-reduce sends -----------------------------------------------------------------
 def _ring_allreduce_cases():
     """Bytes each process sends per step in a ring all-reduce of a model's gradients, 2 (N-1)/N of them: the
@@ -282,6 +331,61 @@ def _hypervolume_cases():
         yield label, (list(points), reference), float(expected)
 
 
+# ---- lesson 11: Hinton's distillation loss ----------------------------------------------------------------
+def _distillation_cases():
+    """Student and teacher logits, labels, a temperature and a mix: the loss from labkit's own
+    labkit.techniques.distillation.distillation_loss (the one a run with a teacher trains on)."""
+    from ..techniques.distillation import distillation_loss
+
+    gen = torch.Generator().manual_seed(11)
+
+    def logits(n, scale=2.0):
+        return torch.randn(n, 10, generator=gen) * scale
+
+    student, teacher, y = logits(16), logits(16), torch.randint(0, 10, (16,), generator=gen)
+    for label, args in (
+            ("T=4, alpha=0.5 (labkit's defaults), 16 images, 10 classes", (student, teacher, y, 4.0, 0.5)),
+            ("T=1: no softening", (student, teacher, y, 1.0, 0.5)),
+            ("T=20: the soft term is multiplied by T^2 = 400", (student, teacher, y, 20.0, 0.9)),
+            ("alpha=0: cross-entropy with the labels alone, the teacher ignored", (student, teacher, y, 4.0, 0.0)),
+            ("alpha=1: the teacher's soft targets alone, no labels", (student, teacher, y, 4.0, 1.0)),
+            ("a student that already matches its teacher: the soft term is 0", (teacher, teacher, y, 4.0, 1.0)),
+            ("another batch size (5): average over the images, not over images x classes",
+             (logits(5), logits(5), torch.randint(0, 10, (5,), generator=gen), 3.0, 0.7)),
+            ("a confident teacher (logits in the hundreds): log-softmax, not log(softmax)",
+             (logits(8), logits(8, scale=80.0), torch.randint(0, 10, (8,), generator=gen), 1.0, 0.5))):
+        yield label, tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args), float(
+            distillation_loss(*args))
+
+
+def _run_distillation(student):
+    return lambda s, t, y, temperature, alpha: float(student(s, t, y, temperature, alpha))
+
+
+# ---- lesson 12: which parameters a freeze setting holds still --------------------------------------------------
+def _frozen_names_cases():
+    """Networks labkit builds (its cnn at two sizes and both norms, torchvision's ResNet-18 and MobileNetV3-small)
+    and freeze settings; the frozen parameter names from labkit's own labkit.techniques.transfer.frozen_names (the
+    set a run with that freeze takes out of its optimizer)."""
+    from .. import models
+    from ..techniques.transfer import frozen_names
+
+    torch.manual_seed(12)
+    for label, (name, classes, width, depth, norm), settings in (
+            ("labkit's cnn, width 8, depth 2 (3 blocks)", ("cnn", 5, 8, 2, "batch"), ("none", "backbone", 1, 2, 3)),
+            ("cnn, width 16, depth 3, GroupNorm (4 blocks)", ("cnn", 10, 16, 3, "group"), ("backbone", 1, 4)),
+            ("resnet18 (5 blocks: the stem, layer1-4)", ("resnet18", 5, 16, 3, "batch"), ("backbone", 1, 2, 5)),
+            ("mobilenet_v3_small (13 blocks: features, the classifier's hidden layer)",
+             ("mobilenet_v3_small", 5, 16, 3, "batch"), ("backbone", 1, 3))):
+        model = models.build(name, classes, 3, width, depth, norm)
+        for freeze in settings:
+            yield f"{label}, freeze={freeze!r}", (model, freeze), frozen_names(model, freeze)
+
+
+def _run_frozen_names(student):
+    return lambda model, freeze: set(student(model, freeze))
+
+
 EXERCISES = {e.name: e for e in (
     Exercise("bf16_round", "to_bf16(x): each fp32 value rounded to the nearest bf16 (ties to even), as fp32",
              _bf16_cases),
@@ -305,6 +409,10 @@ EXERCISES = {e.name: e for e in (
     Exercise("data_wait", "data_wait(marks) -> (share, kind): from per-step (data_start, compute_start, end) times, "
              "the share of step time spent getting batches, and 'compute-bound' (below 10%), 'partly input-bound' "
              "or 'input-bound' (30% or more)", _data_wait_cases, atol=1e-9),
+    Exercise("int8_quantize", "quantize_int8(w, per_channel) -> (q, scale): symmetric int8, scale = max|w| / 127 "
+             "over the whole tensor or, per_channel, over each output channel (dim 0), at least "
+             "torch.finfo(torch.float32).eps; q = clamp(round(w / scale), -127, 127) as torch.int8",
+             _int8_cases, atol=1e-9),
     Exercise("ring_allreduce", "allreduce_bytes(model, nproc) -> bytes each of nproc processes sends per optimizer "
              "step in a ring all-reduce of the model's gradients: 2 (nproc - 1) / nproc x the bytes of every "
              "parameter that requires a gradient", _ring_allreduce_cases, atol=1e-3),
@@ -315,10 +423,17 @@ EXERCISES = {e.name: e for e in (
     Exercise("hypervolume", "hypervolume(points, reference) -> the area that (accuracy, throughput) points, both "
              "maximised, dominate above the reference point (the worst values counted); dominated points and "
              "points not above the reference in both objectives add nothing", _hypervolume_cases, atol=1e-6),
+    Exercise("distillation", "kd_loss(student_logits, teacher_logits, targets, T, alpha) -> the loss: alpha x T^2 x "
+             "KL(softmax(teacher / T) || softmax(student / T)), averaged over the images, + (1 - alpha) x "
+             "cross-entropy with the labels", _distillation_cases, atol=1e-4),
+    Exercise("frozen_names", "frozen_names(model, freeze) -> the set of parameter names that do not train: none for "
+             "'none'; every one outside the classifier (the last Linear) for 'backbone'; for an int N, every one "
+             "outside the classifier and the last N blocks (labkit.models.blocks)", _frozen_names_cases),
 )}
 # Exercises whose student function is one step of a sequence: the check runs the sequence.
 _DRIVERS = {"loss_scale": _run_scale, "warmup": _run_warmup, "adamw": _run_adamw, "grad_accum": _run_accum,
-            "cosine": _run_cosine}
+            "cosine": _run_cosine,
+            "int8_quantize": _run_int8, "distillation": _run_distillation, "frozen_names": _run_frozen_names}
 
 
 def _same(got: Any, expected: Any, atol: float) -> bool:
