@@ -216,16 +216,19 @@ def without_known_noise():
     """Silence what the libraries print on every call and that says nothing about this model: torchao's import
     logs a deprecation of its own registration with torch, its quantizer warns for each pooling op it leaves in
     fp32 (the layers table says what became int8), and Inductor's int8 lowering warns about its own tensor copy."""
-    pytree_log = logging.getLogger("torch.utils._pytree")
-    level = pytree_log.level
-    pytree_log.setLevel(logging.ERROR)
+    # ... and the C++ compiler's first use on a CPU-only machine logs that no CUDA runtime was found.
+    logs = [logging.getLogger(name) for name in ("torch.utils._pytree", "torch.utils.cpp_extension")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The input of .* is not quantized, skip annotate")
             warnings.filterwarnings("ignore", message="To copy construct from a tensor", module="torch._inductor")
             yield
     finally:
-        pytree_log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
 
 
 # ---- the variants --------------------------------------------------------------------------------------------
