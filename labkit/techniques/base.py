@@ -61,7 +61,8 @@ def number(low: float, high: float, high_open: bool = False, optional: bool = Fa
     return Allowed(check, text, float, optional, low=low, high=high)
 
 
-def _run_or_path(text: str) -> int | str:
+def int_or_text(text: str) -> int | str:
+    """How the CLI reads a knob that takes a number or a word (a run id or a path; a block count or 'backbone')."""
     return int(text) if text.isdigit() else text
 
 
@@ -71,7 +72,7 @@ def run_or_path() -> Allowed:
         if v is None:
             return True
         return (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and bool(v))
-    return Allowed(check, "None, a run id (an integer >= 1) or a weights file's path", _run_or_path, optional=True)
+    return Allowed(check, "None, a run id (an integer >= 1) or a weights file's path", int_or_text, optional=True)
 
 
 def boolean() -> Allowed:

@@ -12,17 +12,13 @@ another: `dataset="synthetic-b"` is a second task of 5 other classes made for th
 """
 from __future__ import annotations
 
-from .base import Allowed, Control, Knob, Technique, number, run_or_path
+from .base import Allowed, Control, Knob, Technique, int_or_text, number, run_or_path
 
 FREEZE = ("none", "backbone")
 
 
 def _freeze_ok(v) -> bool:
     return v in FREEZE or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-
-
-def _parse_freeze(text: str):
-    return int(text) if text.isdigit() else text
 
 
 def frozen_names(model, freeze) -> set[str]:
@@ -142,7 +138,7 @@ TECHNIQUE = Technique(
              "the classifier is replaced when the classes differ", run_or_path(), column=True),
         Knob("freeze", "none", "layers that do not train: none, backbone (all but the classifier), or N (all but "
              "the last N blocks)", Allowed(_freeze_ok, "'none', 'backbone' or an integer N >= 1 (train the last N "
-             "blocks and the classifier)", _parse_freeze, options=(*FREEZE, 1, 2, 3)),
+             "blocks and the classifier)", int_or_text, options=(*FREEZE, 1, 2, 3)),
              live="next step: the optimizer is rebuilt over the layers that train (its state starts empty)",
              control=Control("dropdown"), column=True),
         Knob("pretrained_lr_scale", 1.0, "the lr of the layers init loaded, as a fraction of the peak lr (the new "
