@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import models
+from . import data as data_mod, models
 from .config import RunConfig
 from .paths import write_atomically
 
@@ -104,18 +104,25 @@ class Checkpoint:
         return len(self.classes)
 
     def model(self, device: str | torch.device = "cpu") -> nn.Module:
-        """The network as the run left it, in eval mode: built from the configuration, each layer resized to
-        its recorded sizes (a channel-pruned network is smaller), then the weights loaded strictly."""
+        """The network as the run left it, in eval mode: built from the configuration, then `load_into` it."""
         cfg = self.config
         model = models.build(cfg.model, self.num_classes, self.image_shape[0], cfg.width, cfg.depth, cfg.norm)
-        resize(model, self.architecture, self.weights)
-        model.load_state_dict(self.weights, strict=True)
+        self.load_into(model)
         return model.to(device).eval()
+
+    def load_into(self, model: nn.Module, without: str | None = None) -> dict[str, torch.Tensor]:
+        """Load the weights into a network built from the same settings: each layer resized to its recorded sizes
+        (a channel-pruned network is smaller), then the weights loaded strictly; `without` names a layer left as
+        it is (a classifier for other classes). Returns what was loaded."""
+        skip = without + "." if without else None
+        weights = {k: v for k, v in self.weights.items() if not (skip and k.startswith(skip))}
+        resize(model, {k: v for k, v in self.architecture.items() if k != without}, weights)
+        model.load_state_dict(weights, strict=without is None)
+        return weights
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the float input the model was trained on."""
-        mean, std = self.mean.to(images.device).view(1, -1, 1, 1), self.std.to(images.device).view(1, -1, 1, 1)
-        return (images.float() - mean) / std
+        return data_mod.normalize(images, self)
 
 
 def resize(model: nn.Module, sizes: dict[str, dict[str, int]], state: dict[str, torch.Tensor]) -> None:

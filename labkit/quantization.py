@@ -340,7 +340,7 @@ def first_line(exc: BaseException) -> str:
 
 
 # ---- what the measurements say -------------------------------------------------------------------------------
-def compare(table: pd.DataFrame, layers: pd.DataFrame, method: str, large_batch: int) -> list[str]:
+def verdicts(table: pd.DataFrame, layers: pd.DataFrame, method: str, large_batch: int) -> list[str]:
     """The notes: int8 (and bf16) against fp32 in speed, size and accuracy, and which layers stayed fp32."""
     rows = {row["variant"]: row for row in table.to_dict("records")}
     notes = []
@@ -465,7 +465,7 @@ def quantize(source: int | str | os.PathLike, method: str = "static", *, store: 
         table["size_vs_fp32"] = table["size_bytes"] / table.loc[table["variant"] == "fp32", "size_bytes"].iloc[0]
     busy.append(cores_busy_elsewhere())
     busy_text = busy_note(busy)
-    notes = compare(table, layers, method, large_batch) + notes + ([busy_text] if busy_text else [])
+    notes = verdicts(table, layers, method, large_batch) + notes + ([busy_text] if busy_text else [])
     result = QuantizeResult(checkpoint.run_id, str(checkpoint.path), method, table, layers, notes, threads,
                             large_batch, evaluation_id, settings)
     if recorder is not None:

@@ -199,15 +199,10 @@ def _int8_cases():
     """Weights quantized to symmetric int8 (-127..127, zero point 0), one scale per tensor or per output channel:
     the integers and scales from torchao's own primitives (choose_qparams_affine, quantize_affine), the library
     labkit.quantize builds on."""
-    import logging
+    from ..quantization import without_known_noise
 
-    log = logging.getLogger("torch.utils._pytree")  # torchao's import warns about torch's API, not about this
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
+    with without_known_noise():  # torchao's import warns about torch's API, not about this
         from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
-    finally:
-        log.setLevel(level)
 
     def reference(w, per_channel):
         block = (1, *w.shape[1:]) if per_channel else tuple(w.shape)
@@ -375,7 +370,7 @@ def _frozen_names_cases():
             ("labkit's cnn, width 8, depth 2 (3 blocks)", ("cnn", 5, 8, 2, "batch"), ("none", "backbone", 1, 2, 3)),
             ("cnn, width 16, depth 3, GroupNorm (4 blocks)", ("cnn", 10, 16, 3, "group"), ("backbone", 1, 4)),
             ("resnet18 (5 blocks: the stem, layer1-4)", ("resnet18", 5, 16, 3, "batch"), ("backbone", 1, 2, 5)),
-            ("mobilenet_v3_small (13 blocks: features, the classifier's hidden layer)",
+            ("mobilenet_v3_small (14 blocks: the 13 of features, the classifier's hidden layer)",
              ("mobilenet_v3_small", 5, 16, 3, "batch"), ("backbone", 1, 3))):
         model = models.build(name, classes, 3, width, depth, norm)
         for freeze in settings:

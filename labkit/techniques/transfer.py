@@ -53,7 +53,7 @@ def load_init(model, source, knobs, ctx) -> set[str]:
 
 
 def _load_checkpoint(model, checkpoint, source, knobs, ctx) -> set[str]:
-    from .. import checkpoints, models
+    from .. import models
 
     cfg = checkpoint.config
     shape = ("model", "width", "depth", "norm") if cfg.model == "cnn" else ("model", "norm")
@@ -63,17 +63,12 @@ def _load_checkpoint(model, checkpoint, source, knobs, ctx) -> set[str]:
         raise ValueError(f"init={source!r} is a network with {given}, which this run's does not match: set the "
                          "same model settings as the run you start from (or a dataset with its image channels).")
     head = models.classifier_name(model)
-    weights, sizes = checkpoint.weights, checkpoint.architecture
-    replace_head = checkpoint.num_classes != ctx.num_classes
-    if replace_head:  # another task's classes: keep the features, start a new classifier
-        weights = {k: v for k, v in weights.items() if not k.startswith(head + ".")}
-        sizes = {k: v for k, v in sizes.items() if k != head}
-    checkpoints.resize(model, sizes, weights)
+    replace_head = checkpoint.num_classes != ctx.num_classes  # another task's classes: a new classifier
+    weights = checkpoint.load_into(model, without=head if replace_head else None)
     if replace_head and model.get_submodule(head).in_features != checkpoint.architecture[head]["in_features"]:
         parent, _, name = head.rpartition(".")  # channel pruning left fewer features for the head to read
         setattr(model.get_submodule(parent), name,
                 models.new_head(checkpoint.architecture[head]["in_features"], ctx.num_classes).to(ctx.device))
-    model.load_state_dict(weights, strict=not replace_head)
     ctx.info["init"] = {"source": source, "from_dataset": cfg.dataset, "loaded_tensors": len(weights),
                         "head_replaced": replace_head}
     return set(weights)
